@@ -1,0 +1,123 @@
+"""The error hierarchy. Every message says what went wrong and what to do next.
+
+One root, :class:`TuneproxyError`, so callers (and the CLI) can catch everything tuneproxy raises in one
+place. Messages never contain secrets: :func:`redact` is applied to anything that came from a service.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SECRET_PATTERNS = [
+    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"r8_[A-Za-z0-9]{8,}"),
+    re.compile(r"fw_[A-Za-z0-9]{8,}"),
+    re.compile(r"tgp_v1_[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=]{8,}"),
+    re.compile(r"(?i)(api[_-]?key[\"'=:\s]+)[A-Za-z0-9_\-\.]{8,}"),
+]
+
+
+def redact(text: str) -> str:
+    """Replace anything shaped like an API key or bearer token with ``REDACTED``."""
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups:
+            text = pattern.sub(lambda m: m.group(1) + "REDACTED", text)
+        else:
+            text = pattern.sub("REDACTED", text)
+    return text
+
+
+class TuneproxyError(Exception):
+    """Root of every error tuneproxy raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class DatasetError(TuneproxyError):
+    """The data cannot be read or failed validation."""
+
+    def __init__(self, message: str, findings: list | None = None) -> None:
+        super().__init__(message)
+        self.findings = findings or []
+
+
+class ConfigError(TuneproxyError):
+    """A setting, argument or hyperparameter is wrong or missing."""
+
+    exit_code = 2
+
+
+class MissingCredentials(ConfigError):
+    """The environment variable holding a provider's key is not set."""
+
+    def __init__(self, provider: str, env_var: str) -> None:
+        super().__init__(
+            f"No API key for {provider}: set the environment variable {env_var} "
+            f"(for example `export {env_var}=...`) and try again."
+        )
+        self.provider = provider
+        self.env_var = env_var
+
+
+class UnsupportedParameter(ConfigError):
+    """A portable hyperparameter the chosen provider cannot honour."""
+
+
+class ProviderError(TuneproxyError):
+    """A service refused or failed a request, or a job ended in failure.
+
+    Carries the provider name, the HTTP status (if any), the service's own code or raw job status, and
+    the request id, so a support ticket can quote them.
+    """
+
+    exit_code = 3
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status_code: int | None = None,
+        raw: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        parts = [message]
+        if request_id:
+            parts.append(f"(request id {request_id})")
+        super().__init__(" ".join(parts))
+        self.provider = provider
+        self.status_code = status_code
+        self.raw = raw
+        self.request_id = request_id
+
+
+class AuthenticationFailed(ProviderError):
+    """The service rejected the API key (HTTP 401/403)."""
+
+
+class JobFailed(ProviderError):
+    """A fine-tuning job ended in ``failed``; the message is the service's own."""
+
+
+class BudgetExceeded(TuneproxyError):
+    """The cost estimate is above the budget the user set."""
+
+
+class ProviderSunset(TuneproxyError):
+    """The provider no longer accepts new jobs of this kind."""
+
+    exit_code = 3
+
+
+class JobNotFound(TuneproxyError):
+    """No job with that id in the ledger."""
+
+    exit_code = 2

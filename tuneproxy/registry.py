@@ -1,0 +1,60 @@
+"""Finds backends by name. The core never imports a backend module directly.
+
+Built-in backends are listed here as ``"module:Class"`` strings and imported only when asked for;
+third-party backends register under the entry-point group ``tuneproxy.providers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib.metadata import entry_points
+from typing import Any
+
+from tuneproxy.contract import Provider
+from tuneproxy.errors import ConfigError, MissingCredentials
+
+BUILTIN: dict[str, str] = {
+    "openai": "tuneproxy.providers.openai:OpenAIProvider",
+    "together": "tuneproxy.providers.together:TogetherProvider",
+    "local": "tuneproxy.local_backend.provider:LocalProvider",
+}
+
+ENTRY_POINT_GROUP = "tuneproxy.providers"
+
+
+def _targets() -> dict[str, str]:
+    targets = dict(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        targets.setdefault(ep.name, ep.value)
+    return targets
+
+
+def names() -> list[str]:
+    """Every provider name that can be asked for."""
+    return sorted(_targets())
+
+
+def provider_class(name: str) -> type[Provider]:
+    """The Provider class registered as ``name`` (imported now, not before)."""
+    targets = _targets()
+    if name not in targets:
+        raise ConfigError(f"Unknown provider {name!r}. Choose one of: {', '.join(sorted(targets))}.")
+    module_name, _, attr = targets[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = " Install the local extra: pip install 'tuneproxy[local]'." if name == "local" else ""
+        raise ConfigError(f"Provider {name!r} could not be loaded ({exc}).{hint}") from None
+    return getattr(module, attr)
+
+
+def create(name: str, *, api_key: str | None = None, require_key: bool = True, **options: Any) -> Provider:
+    """Build the provider ``name``, taking its key from the environment when not given."""
+    cls = provider_class(name)
+    env_key = cls.capabilities.env_key
+    if api_key is None and env_key:
+        api_key = os.environ.get(env_key) or None
+        if api_key is None and require_key:
+            raise MissingCredentials(cls.capabilities.display_name, env_key)
+    return cls(api_key=api_key, **options)
