@@ -309,13 +309,24 @@ class Provider(ABC):
         return normalize_status(self.name, raw, self.STATUS_MAP)
 
     @classmethod
-    def translate(cls, hyperparameters: Hyperparameters) -> dict[str, Any]:
-        """Check every given portable parameter is supported; return them by portable name."""
+    def translate(
+        cls, hyperparameters: Hyperparameters, supported_by: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, Any]:
+        """Check every given portable parameter is supported; return them by portable name.
+
+        ``supported_by`` (parameter → display names of the providers that support it, which the core
+        builds from the registry) lets the error name where an unsupported parameter would work.
+        """
         given = hyperparameters.given()
         unsupported = [k for k in given if k not in cls.capabilities.parameters]
         if unsupported:
+            elsewhere = "".join(
+                f" {key} is supported by: {', '.join(supported_by[key])}."
+                for key in sorted(unsupported) if supported_by and supported_by.get(key)
+            )
+            names = ", ".join(sorted(unsupported))
             raise UnsupportedParameter(
-                f"{cls.capabilities.display_name} does not support: {', '.join(sorted(unsupported))}. "
+                f"{cls.capabilities.display_name} does not support: {names}.{elsewhere} "
                 "Remove it, or choose a provider that supports it "
                 "(`tuneproxy providers --json` lists what each supports)."
             )

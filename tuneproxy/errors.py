@@ -12,7 +12,7 @@ _SECRET_PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
     re.compile(r"r8_[A-Za-z0-9]{8,}"),
     re.compile(r"fw_[A-Za-z0-9]{8,}"),
-    re.compile(r"tgp_v1_[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"tgp_[A-Za-z0-9_\-]{8,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=]{8,}"),
     re.compile(r"(?i)(api[_-]?key[\"'=:\s]+)[A-Za-z0-9_\-\.]{8,}"),
 ]
@@ -47,6 +47,12 @@ class DatasetError(TuneproxyError):
     def __init__(self, message: str, findings: list | None = None) -> None:
         super().__init__(message)
         self.findings = findings or []
+
+
+class DataFileUnreadable(DatasetError):
+    """The data file is missing, a directory, or cannot be opened: a usage error, not bad data."""
+
+    exit_code = 2
 
 
 class ConfigError(TuneproxyError):
@@ -101,6 +107,14 @@ class ProviderError(TuneproxyError):
 
 class AuthenticationFailed(ProviderError):
     """The service rejected the API key (HTTP 401/403)."""
+
+
+class SubmissionUncertain(ProviderError):
+    """A create request may have made a (paid) job but no answer came back: find it before resubmitting."""
+
+    def __init__(self, message: str, *, provider: str, intent_id: str) -> None:
+        super().__init__(message, provider=provider)
+        self.intent_id = intent_id
 
 
 class JobFailed(ProviderError):

@@ -17,6 +17,8 @@ from tuneproxy.errors import ConfigError, MissingCredentials
 BUILTIN: dict[str, str] = {
     "openai": "tuneproxy.providers.openai:OpenAIProvider",
     "together": "tuneproxy.providers.together:TogetherProvider",
+    "fireworks": "tuneproxy.providers.fireworks:FireworksProvider",
+    "replicate": "tuneproxy.providers.replicate:ReplicateProvider",
     "local": "tuneproxy.local_backend.provider:LocalProvider",
 }
 

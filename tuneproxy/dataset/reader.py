@@ -1,0 +1,144 @@
+"""Streams a JSONL file (or records) one object at a time, reporting what is wrong with the file itself.
+
+Memory stays constant whatever the file size: one line is held at a time, and file-level findings that
+could repeat a million times (CRLF endings) are counted and reported once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tuneproxy.dataset.findings import Findings, finding
+from tuneproxy.errors import DataFileUnreadable, DatasetError
+
+BOM = b"\xef\xbb\xbf"
+VERY_LONG_LINE = 1_000_000
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def check_path(path: Path) -> None:
+    """Raise a clear DatasetError if ``path`` cannot be read as a data file."""
+    if not path.exists():
+        raise DataFileUnreadable(f"{path}: no such file. Check the path, or create the file first.")
+    if path.is_dir():
+        raise DataFileUnreadable(f"{path} is a directory; give the path of a .jsonl file inside it.")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise DataFileUnreadable(f"{path} cannot be read ({exc.strerror}); check its permissions.") from None
+
+
+def read_jsonl(path: Path, findings: Findings) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, object)`` for every line that is a JSON object; report the rest."""
+    check_path(path)
+    crlf_lines = 0
+    first_crlf = 0
+    seen_content = False
+    number = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+                findings.add(finding("byte-order-mark", 1, "", "The file starts with a UTF-8 byte-order "
+                                     "mark; it was skipped. Save the file as UTF-8 without BOM."))
+            if b"\x00" in raw:
+                findings.add(finding("binary-file", number, "", "The file contains NUL bytes: it is binary, "
+                                     "not JSONL. Export your data as one JSON object per line."))
+                return
+            complete = raw.endswith(b"\n")
+            if raw.endswith(b"\r\n"):
+                crlf_lines += 1
+                first_crlf = first_crlf or number
+            body = raw.rstrip(b"\r\n")
+            if not body.strip():
+                if complete or body:
+                    findings.add(finding("blank-line", number, "", "Blank line; remove it."))
+                continue
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                findings.add(finding("invalid-utf8", number, "", f"Byte {exc.start} of this line is not "
+                                     "valid UTF-8. Re-save the file as UTF-8."))
+                continue
+            if len(body) > VERY_LONG_LINE:
+                findings.add(finding("very-long-line", number, "", f"This line is {len(body):,} bytes; check "
+                                     "it holds one example, not a whole dataset."))
+            if not seen_content and text.lstrip().startswith("["):
+                if _array_file(text, handle):
+                    findings.add(finding("json-array-file", number, "", "The file is a JSON array. Write one "
+                                         "object per line instead, e.g. `jq -c '.[]' in.json > out.jsonl`."))
+                    return
+            seen_content = True
+            obj = _parse(text, number, complete, findings)
+            if obj is not None:
+                yield number, obj
+    if number == 0 or not seen_content:
+        findings.add(finding("empty-file", 0, "", "The file has no examples. Add one JSON object per line."))
+    if crlf_lines:
+        findings.add(finding("crlf-line-endings", first_crlf, "", f"{crlf_lines:,} lines end with CRLF "
+                             "(Windows line endings); they were read fine, but convert with `dos2unix`."))
+
+
+def _array_file(first: str, handle: Any) -> bool:
+    """True when the file is a JSON array rather than JSONL (peeks only at the first line)."""
+    try:
+        value = json.loads(first)
+    except ValueError:
+        return True  # a pretty-printed array: "[" then objects over many lines
+    if not isinstance(value, list):
+        return False
+    return handle.peek(1) == b"" if hasattr(handle, "peek") else True
+
+
+def _parse(text: str, number: int, complete: bool, findings: Findings) -> dict[str, Any] | None:
+    try:
+        obj = _decoder.decode(text)
+    except json.JSONDecodeError as exc:
+        if not complete:
+            findings.add(finding("truncated-last-line", number, "", "The last line ends mid-object (the file "
+                                 "was cut off?). Complete or remove it."))
+        else:
+            findings.add(finding("invalid-json", number, "", f"Invalid JSON: {exc.msg} at column {exc.colno}."
+                                 " Fix the line so it is one JSON object."))
+        return None
+    except ValueError as exc:
+        findings.add(finding("non-finite-number", number, "", f"{exc}: replace NaN/Infinity with a number "
+                             "or null."))
+        return None
+    if not isinstance(obj, dict):
+        findings.add(finding("not-an-object", number, "", f"The line is a JSON {type(obj).__name__}, not an "
+                             "object. Each line must be one example object."))
+        return None
+    return obj
+
+
+def read_records(records: Iterable[Any], findings: Findings) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(position, object)`` from any iterable of dicts (positions count from 1 like lines)."""
+    count = 0
+    for count, obj in enumerate(records, start=1):
+        if not isinstance(obj, dict):
+            findings.add(finding("not-an-object", count, "", f"Record {count} is a {type(obj).__name__}, "
+                                 "not a dict. Each record must be one example object."))
+            continue
+        yield count, obj
+    if count == 0:
+        findings.add(finding("empty-file", 0, "", "No examples were given."))
+
+
+def iter_objects(source: str | Path | Iterable[Any], findings: Findings) -> Iterator[tuple[int, dict]]:
+    """Objects from a JSONL path or from an iterable of dicts."""
+    if isinstance(source, (str, Path)):
+        return read_jsonl(Path(source), findings)
+    if isinstance(source, dict):
+        raise DatasetError("Pass a list of example dicts or a path to a .jsonl file, not a single dict.")
+    return read_records(source, findings)
