@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from tuneproxy.providers._profile import ProfileOnlyProvider
+
 from tuneproxy.contract import Capabilities, DatasetRules, JobStatus, ParameterSpec
 from tuneproxy.dataset.convert import chat_record
 from tuneproxy.dataset.examples import Example
-from tuneproxy.providers._profile import ProfileOnlyProvider
 
 MESSAGE_KEYS = frozenset({"role", "content", "weight", "tool_calls", "tool_call_id", "name", "reasoning_content"})
 

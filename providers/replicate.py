@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from tuneproxy.providers._profile import ProfileOnlyProvider
+
 from tuneproxy.contract import Capabilities, DatasetRules, JobStatus, ParameterSpec
 from tuneproxy.dataset.convert import prompt_completion_record, text_record
 from tuneproxy.dataset.examples import Example
-from tuneproxy.providers._profile import ProfileOnlyProvider
 
 
 class ReplicateProvider(ProfileOnlyProvider):

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,8 +29,8 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-ProviderOpt = Annotated[Optional[str], typer.Option("--provider", "-p", help="Check against this service's rules.")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Model: picks the tokenizer and context.")]
+ProviderOpt = Annotated[str | None, typer.Option("--provider", "-p", help="Check against this service's rules.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model: picks the tokenizer and context.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 
@@ -43,7 +43,7 @@ def validate(
     file: Annotated[Path, typer.Argument(help="The JSONL dataset to check.")],
     provider: ProviderOpt = None,
     model: ModelOpt = None,
-    holdout: Annotated[Optional[Path], typer.Option(help="Holdout JSONL to check for leakage.")] = None,
+    holdout: Annotated[Path | None, typer.Option(help="Holdout JSONL to check for leakage.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Epochs for the billable-token figure.")] = 3,
     as_json: JsonOpt = False,
 ) -> None:

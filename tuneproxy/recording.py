@@ -225,7 +225,9 @@ def _multipart(content: bytes, content_type: str) -> MultipartBody:
     for part in content.split(b"--" + match.group(1).encode())[1:]:
         if part.startswith(b"--"):
             break
-        head, _, data = part.strip(b"\r\n").partition(b"\r\n\r\n")
+        # Each part is CRLF, headers, CRLF CRLF, data, CRLF: strip exactly those, never the data's own.
+        part = part.removeprefix(b"\r\n").removesuffix(b"\r\n")
+        head, _, data = part.partition(b"\r\n\r\n")
         head_text = head.decode("utf-8", "replace")
         name = re.search(r'name="([^"]*)"', head_text)
         filename = re.search(r'filename="([^"]*)"', head_text)

@@ -118,6 +118,14 @@ class Findings:
         if len(self.kept[item.code]) < self.keep:
             self.kept[item.code].append(item)
 
+    def merge(self, code: str, count: int, severity: Severity, kept: list[Finding]) -> None:
+        """Fold in another collector's findings for ``code``."""
+        self.counts[code] += count
+        if self.severity.get(code) != "error":
+            self.severity[code] = severity
+        room = self.keep - len(self.kept[code])
+        self.kept[code].extend(kept[:room])
+
     def extend(self, items: Iterable[Finding]) -> None:
         for item in items:
             self.add(item)

@@ -25,7 +25,13 @@ _SECRET = re.compile(
     r"|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abpr]-[A-Za-z0-9\-]{10,}"
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----|(?i:password|passwd|api[_-]?key)\s*[:=]\s*\S{6,})"
 )
+# Literal pieces every secret match contains, searched in lower-cased text: a literal-only pattern is
+# cheap, and it spares the full pattern on clean text.
+_SECRET_HINT = re.compile(r"sk-|r8_|fw_|tgp_|akia|gh[pousr]_|xox|private key|passw|api[_-]?key")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
+# A run of digits and separators long enough to be a phone number (starts with a charset, so the regex
+# engine skips ahead fast), then the strict shape checked on that run only.
+_PHONE_CANDIDATE = re.compile(r"[+(\d][\d\s().\-]{8,18}\d")
 _PHONE = re.compile(
     r"(?<![\w#])(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{2,4}\)[\s.\-]?|\d{3}[\s.\-])\d{3}[\s.\-]\d{4}(?![\w])"
 )
@@ -34,11 +40,12 @@ _PHONE = re.compile(
 class ExampleChecker:
     """Validates examples one at a time; remembers the file's format to catch a mix."""
 
-    def __init__(self, rules: DatasetRules, service: str = "the target service") -> None:
+    def __init__(self, rules: DatasetRules, service: str = "the target service",
+                 expected_format: tuple[str, int] | None = None) -> None:
         self.rules = rules
         self.service = service
-        self.format: str | None = None
-        self.format_line = 0
+        # a checker for a later part of a file is told the format the file started with, and where
+        self.format, self.format_line = expected_format or (None, 0)
 
     def check(self, obj: dict[str, Any], line: int) -> tuple[str | None, list[Finding]]:
         """The example's format (None if unusable) and its findings."""
@@ -139,8 +146,11 @@ class ExampleChecker:
 
     def _message_keys(self, msg: dict, line: int, path: str, out: list[Finding]) -> None:
         known = self.rules.message_keys or KNOWN_MESSAGE_KEYS
+        unknown = msg.keys() - known
+        if not unknown:
+            return
         severity = "error" if self.rules.unknown_message_key_is_error else "warning"
-        for key in msg:
+        for key in sorted(unknown):
             if key not in known:
                 out.append(finding("unknown-message-key", line, f"{path}.{key}", f"Unknown message key `{key}`;"
                                    f" {self.service} accepts {', '.join(sorted(known))}.", severity))
@@ -257,16 +267,24 @@ class ExampleChecker:
 def scan_text(text: str, line: int, path: str) -> list[Finding]:
     """Warnings for secrets and personal data in one piece of training text."""
     out = []
-    if _SECRET.search(text):
+    if _SECRET_HINT.search(text.lower()) and _SECRET.search(text):
         out.append(finding("secret-in-text", line, path, "This text looks like it holds an API key or password."
                            " Remove or mask it: the model could learn and repeat it."))
     if "@" in text and _EMAIL.search(text):
         out.append(finding("email-in-text", line, path, "An e-mail address; mask personal data (e.g. "
                            "<email>) unless the model must learn it."))
-    if _PHONE.search(text):
+    if _has_phone(text):
         out.append(finding("phone-in-text", line, path, "A phone number; mask personal data (e.g. <phone>) "
                            "unless the model must learn it."))
     return out
+
+
+def _has_phone(text: str) -> bool:
+    for candidate in _PHONE_CANDIDATE.finditer(text):
+        start = max(0, candidate.start() - 1)
+        if _PHONE.search(text, start, min(len(text), candidate.end() + 1)):
+            return True
+    return False
 
 
 def _describe(value: Any) -> str:

@@ -13,15 +13,18 @@ import sqlite3
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, Field
 
 from tuneproxy.contract import DatasetRules, Stats
-from tuneproxy.dataset.examples import Example
+from tuneproxy.dataset.examples import Example, detect_format
 from tuneproxy.dataset.findings import Finding, Findings, finding
-from tuneproxy.dataset.reader import iter_objects
+from tuneproxy.dataset.reader import Span, check_path, iter_objects, read_jsonl, split_spans
 from tuneproxy.dataset.rules import ExampleChecker, scan_text
 from tuneproxy.tokens import TokenCounter, counter_for
 
@@ -73,21 +76,31 @@ class _Fingerprints:
     def add(self, rows: list[tuple[int, int]]) -> None:
         self.db.executemany("INSERT INTO fp VALUES (?, ?)", rows)
 
-    def duplicates(self, limit: int) -> list[tuple[int, list[int]]]:
-        rows = self.db.execute(
+    def close(self) -> None:
+        self.db.commit()
+        self.db.close()
+
+
+def _duplicates(paths: list[str], limit: int) -> list[tuple[int, list[int]]]:
+    """Groups of equal fingerprints across the parts' files: (copies, sorted line numbers)."""
+    db = sqlite3.connect(paths[0])
+    try:
+        for i, extra in enumerate(paths[1:]):
+            db.execute(f"ATTACH DATABASE ? AS part{i}", (extra,))
+            db.execute(f"INSERT INTO fp SELECT h, line FROM part{i}.fp")
+        rows = db.execute(
             "SELECT count(*), group_concat(line) FROM (SELECT h, line FROM fp ORDER BY line) "
             "GROUP BY h HAVING count(*) > 1 ORDER BY min(line) LIMIT ?", (limit,)
         ).fetchall()
-        return [(n, sorted(int(x) for x in lines.split(","))) for n, lines in rows]
-
-    def close(self) -> None:
-        self.db.close()
-        Path(self.path).unlink(missing_ok=True)
+    finally:
+        db.close()
+    return [(n, sorted(int(x) for x in lines.split(","))) for n, lines in rows]
 
 
 def fingerprint_hash(example: Example, fold: bool = False) -> int:
-    digest = hashlib.blake2b(example.fingerprint(fold).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    """A 64-bit key equal for equal conversations; ``fold`` also ignores whitespace and case."""
+    data = example.fingerprint(True).encode() if fold else orjson.dumps(example.messages())
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 
 def _percentile(hist: Counter, total: int, q: float) -> int:
@@ -102,6 +115,32 @@ def _percentile(hist: Counter, total: int, q: float) -> int:
     return max(hist)
 
 
+PARALLEL_MIN_BYTES = 8_000_000
+
+
+@dataclass
+class _Part:
+    """What one pass over a span (or over records) found, before merging."""
+
+    findings: Findings
+    hist: Counter
+    examples: int
+    total_tokens: int
+    format: str | None
+    fingerprints: str
+
+
+@dataclass(frozen=True)
+class _Job:
+    rules: DatasetRules
+    service: str
+    model: str | None
+    counter: TokenCounter
+    leak: dict[int, int]
+    keep: int
+    expected_format: tuple[str, int] | None = None
+
+
 def validate(
     source: str | Path | Iterable[dict[str, Any]],
     *,
@@ -111,84 +150,152 @@ def validate(
     holdout: str | Path | Iterable[dict[str, Any]] | None = None,
     counter: TokenCounter | None = None,
     keep: int = 50,
+    workers: int | None = None,
 ) -> Report:
     """Check a dataset against the common rules and, when given, a service's ``rules``.
 
     ``source`` is a JSONL path or an iterable of example dicts. ``model`` picks the token counter
     (exact for OpenAI models) and the context limit. ``holdout`` is checked for leakage into training.
+    A large file is checked in ``workers`` processes at once (default: one per core, at most four).
     """
     rules = rules or GENERIC_RULES
-    counter = counter or counter_for(model)
-    checker = ExampleChecker(rules, service or "the target service")
-    findings = Findings(keep=keep)
-    context = rules.context_for(model)
-    leak = _holdout_fingerprints(holdout) if holdout is not None else {}
+    job = _Job(rules, service or "the target service", model, counter or counter_for(model),
+               _holdout_fingerprints(holdout) if holdout is not None else {}, keep)
+    path = Path(source) if isinstance(source, (str, Path)) else None
+    if path is not None:
+        check_path(path)
+    parts = _run(job, source, path, workers)
+    try:
+        findings, examples = _merge(parts, keep)
+        for n, lines in _duplicates([p.fingerprints for p in parts], keep):
+            findings.add(finding("duplicate-example", lines[1], "", f"Same example on lines "
+                                 f"{', '.join(map(str, lines[:5]))}{' …' if n > 5 else ''} ({n} copies); keep one."))
+    finally:
+        for part in parts:
+            Path(part.fingerprints).unlink(missing_ok=True)
+    _dataset_rules(examples, rules, service, findings)
+    size = path.stat().st_size if path is not None else None
+    if size is not None and rules.max_file_bytes and size > rules.max_file_bytes:
+        findings.add(finding("file-too-large", 0, "", f"The file is {size:,} bytes; {service} accepts at most "
+                             f"{rules.max_file_bytes:,} through {rules.upload_path}. Split it or trim it."))
+    hist = sum((p.hist for p in parts), Counter())
+    stats = Stats(
+        examples=examples, total_tokens=sum(p.total_tokens for p in parts),
+        tokens_p5=_percentile(hist, examples, 0.05), tokens_p50=_percentile(hist, examples, 0.5),
+        tokens_p95=_percentile(hist, examples, 0.95), tokens_max=max(hist) if hist else 0,
+        exact=job.counter.exact, error_bound=job.counter.error_bound, tokenizer=job.counter.name,
+    )
+    return Report(
+        source=str(source) if path is not None else "<records>",
+        service=service, model=model, format=parts[0].format, ok=findings.errors == 0,
+        errors=findings.errors, warnings=findings.warnings, counts=dict(sorted(findings.counts.items())),
+        findings=[f.to_dict() for f in findings], stats=stats, file_bytes=size,
+    )
+
+
+def _run(job: _Job, source: Any, path: Path | None, workers: int | None) -> list[_Part]:
+    """One pass over records or a small file; a large file cut into spans checked in parallel."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    if path is None or workers < 2 or path.stat().st_size < PARALLEL_MIN_BYTES or not _can_fork():
+        return [_check_span(job, path or source, Span())]
+    spans = split_spans(path, workers)
+    first = _first_format(path)
+    jobs = [job] + [replace(job, expected_format=first)] * (len(spans) - 1)
+    with get_context("fork").Pool(len(spans)) as pool:
+        return pool.starmap(_check_span, [(j, path, span) for j, span in zip(jobs, spans)])
+
+
+def _can_fork() -> bool:
+    return "fork" in get_all_start_methods()
+
+
+def _first_format(path: Path) -> tuple[str, int] | None:
+    """The format of the file's first example and its line, so later spans can spot a mix."""
+    for line, obj in read_jsonl(path, Findings(keep=0)):
+        fmt = detect_format(obj)
+        return (fmt, line) if fmt else None
+    return None
+
+
+def _check_span(job: _Job, source: Path | Iterable[Any], span: Span) -> _Part:
+    """Check every example of one span of a file (or of records): the single pass that does the work."""
+    findings = Findings(keep=job.keep)
+    checker = ExampleChecker(job.rules, job.service, job.expected_format)
+    objects = read_jsonl(source, findings, span) if isinstance(source, Path) else iter_objects(source, findings)
+    context = job.rules.context_for(job.model)
     fps = _Fingerprints()
+    scan = _Scanner()
     hist: Counter = Counter()
     examples = total_tokens = 0
     chunk: list[Example] = []
 
     def flush() -> None:
         nonlocal total_tokens
-        counts = counter.count_batch([ex.messages() for ex in chunk])
+        counts = job.counter.count_batch([ex.messages() for ex in chunk])
         for ex, n in zip(chunk, counts):
             hist[n] += 1
             total_tokens += n
             if context and n > context:
                 findings.add(finding("example-too-long", ex.line, "", f"{n:,} tokens, over the {context:,}-token"
-                                     f" training context of {model or 'the model'}; shorten or split it."))
+                                     f" training context of {job.model or 'the model'}; shorten or split it."))
         fps.add([(fingerprint_hash(ex), ex.line) for ex in chunk])
         chunk.clear()
 
     try:
-        for line, obj in iter_objects(source, findings):
+        for line, obj in objects:
             fmt, problems = checker.check(obj, line)
             findings.extend(problems)
             if fmt is None or any(p.severity == "error" for p in problems):
                 continue
             example = Example.from_record(obj, line)
             examples += 1
-            _scan(example, findings)
-            if leak:
-                other = leak.get(fingerprint_hash(example, fold=True))
-                if other:
-                    findings.add(finding("holdout-leakage", line, "", f"This example is also in the holdout "
-                                         f"(holdout line {other}); evaluation on it would be inflated. Remove "
-                                         "it from one of the two."))
+            scan(example, findings)
+            other = job.leak.get(fingerprint_hash(example, fold=True)) if job.leak else None
+            if other:
+                findings.add(finding("holdout-leakage", line, "", f"This example is also in the holdout "
+                                     f"(holdout line {other}); evaluation on it would be inflated. Remove "
+                                     "it from one of the two."))
             chunk.append(example)
             if len(chunk) >= CHUNK:
                 flush()
         if chunk:
             flush()
-        for n, lines in fps.duplicates(keep):
-            findings.add(finding("duplicate-example", lines[1], "", f"Same example on lines "
-                                 f"{', '.join(map(str, lines[:5]))}{' …' if n > 5 else ''} ({n} copies); keep one."))
     finally:
         fps.close()
-    _dataset_rules(examples, rules, service, findings)
-    size = Path(source).stat().st_size if isinstance(source, (str, Path)) and Path(source).is_file() else None
-    if size is not None and rules.max_file_bytes and size > rules.max_file_bytes:
-        findings.add(finding("file-too-large", 0, "", f"The file is {size:,} bytes; {service} accepts at most "
-                             f"{rules.max_file_bytes:,} through {rules.upload_path}. Split it or trim it."))
-    stats = Stats(
-        examples=examples, total_tokens=total_tokens,
-        tokens_p5=_percentile(hist, examples, 0.05), tokens_p50=_percentile(hist, examples, 0.5),
-        tokens_p95=_percentile(hist, examples, 0.95), tokens_max=max(hist) if hist else 0,
-        exact=counter.exact, error_bound=counter.error_bound, tokenizer=counter.name,
-    )
-    return Report(
-        source=str(source) if isinstance(source, (str, Path)) else "<records>",
-        service=service, model=model, format=checker.format, ok=findings.errors == 0,
-        errors=findings.errors, warnings=findings.warnings, counts=dict(sorted(findings.counts.items())),
-        findings=[f.to_dict() for f in findings], stats=stats, file_bytes=size,
-    )
+    return _Part(findings, hist, examples, total_tokens, checker.format, fps.path)
 
 
-def _scan(example: Example, findings: Findings) -> None:
-    for i, message in enumerate(example.messages()):
-        content = message.get("content")
-        if isinstance(content, str) and content:
-            findings.extend(scan_text(content, example.line, f"messages[{i}].content"))
+def _merge(parts: list[_Part], keep: int) -> tuple[Findings, int]:
+    merged = Findings(keep=keep)
+    for part in parts:
+        for code in sorted(part.findings.codes()):
+            merged.merge(code, part.findings.counts[code], part.findings.severity[code], part.findings.kept[code])
+    return merged, sum(p.examples for p in parts)
+
+
+class _Scanner:
+    """Privacy scan of each example. System prompts repeat across a dataset, so the clean ones are
+    remembered (a bounded set) and not scanned again."""
+
+    def __init__(self, remember: int = 1024) -> None:
+        self.clean_prompts: set[str] = set()
+        self.remember = remember
+
+    def __call__(self, example: Example, findings: Findings) -> None:
+        messages = example.messages()
+        texts = [c if isinstance(c := m.get("content"), str) else "" for m in messages]
+        prompt = texts[0] if messages and messages[0].get("role") == "system" else None
+        fresh = texts[1:] if prompt in self.clean_prompts else texts
+        if scan_text("\n".join(fresh), example.line, ""):
+            _scan_each(example, texts, findings)
+        elif prompt is not None and len(self.clean_prompts) < self.remember:
+            self.clean_prompts.add(prompt)
+
+
+def _scan_each(example: Example, texts: list[str], findings: Findings) -> None:
+    for i, text in enumerate(texts):
+        if text:
+            findings.extend(scan_text(text, example.line, f"messages[{i}].content"))
 
 
 def _dataset_rules(n: int, rules: DatasetRules, service: str | None, findings: Findings) -> None:

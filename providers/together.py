@@ -1,0 +1,327 @@
+"""Together AI fine-tuning (LoRA by default) through the ``together`` 3.x SDK, which runs on ``httpx``.
+
+Facts this module relies on (see reference/providers-openai-together.md):
+- ``files.upload`` is three requests through the one client: ``POST /v1/files`` answered by a 302 to a
+  presigned URL, ``PUT`` of the bytes there, then ``POST /v1/files/{id}/preprocess``.
+- ``fine_tuning.create`` is three requests too: model limits, the price estimate, the create.
+- ``lora_r``/``lora_alpha``/``lora_dropout`` are silently ignored unless ``lora=True``: it is sent
+  whenever any LoRA setting is given.
+- Jobs carry no metadata. The intent id travels in a short form inside the model suffix, so a create
+  whose answer was lost can be found by listing jobs.
+- ``create`` returns the output name as ``output_name``, ``retrieve`` as ``x_model_output_name``
+  (both are the JSON key ``model_output_name``). ``total_price`` is in nano-dollars.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from tuneproxy.contract import (
+    Capabilities,
+    CostEstimate,
+    DatasetRules,
+    Endpoint,
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    ParameterSpec,
+    Stats,
+    UploadedFile,
+)
+
+from ._sdk import ChatEndpoint, SDKProvider, http_clients, intent_tag, to_datetime
+
+NANO = 1_000_000_000
+DEFAULT_EPOCHS = 1  # the SDK's default n_epochs
+PRICES_AS_OF = (
+    "2025 (UNVERIFIED: recalled from together.ai/pricing; SFT LoRA rates by model size; "
+    "authoritative figures come from the estimate endpoint)"
+)
+# USD per 1M training tokens, SFT LoRA, by the largest parameter count (billions) of each bracket.
+SIZE_BRACKETS: tuple[tuple[float, float], ...] = ((16, 0.48), (69, 1.50), (100, 2.90))
+DPO_FACTOR = 2.5
+EVENT_LEVELS = {
+    "warning": "warning", "error": "error", "legacy_iwarning": "warning", "legacy_ierror": "error",
+}
+FAILURE_EVENT_TYPES = frozenset({"job_error", "billing_limit"})
+
+CAPABILITIES = Capabilities(
+    display_name="Together AI",
+    env_key="TOGETHER_API_KEY",
+    parameters={
+        "epochs": ParameterSpec(minimum=1, note="sent as n_epochs; the SDK checks the model's maximum"),
+        "learning_rate": ParameterSpec(note="> 0; at most the model's max_learning_rate"),
+        "batch_size": ParameterSpec(minimum=1, note="within the model's min/max batch size; default 'max'"),
+        "lora_rank": ParameterSpec(minimum=1, note="sent as lora_r (with lora=True); at most max_rank"),
+        "lora_alpha": ParameterSpec(note="> 0; default 2 × rank"),
+        "lora_dropout": ParameterSpec(minimum=0, maximum=0.999999, note="in [0, 1)"),
+        "max_seq_length": ParameterSpec(note="within the model's sequence-length limits"),
+        "warmup_ratio": ParameterSpec(minimum=0, maximum=1),
+        "seed": ParameterSpec(minimum=0, maximum=2**31 - 1, note="sent as random_seed"),
+        "suffix": ParameterSpec(note="tuneproxy appends a short intent tag to it"),
+    },
+    rules=DatasetRules(
+        formats=frozenset({"chat", "completion", "text", "preference"}),
+        min_examples=1,
+        max_file_bytes=int(50.1 * 1024**3),
+        upload_path="POST /v1/files → 302 → PUT presigned URL → POST /v1/files/{id}/preprocess",
+        roles=frozenset({"system", "user", "assistant", "tool"}),
+        example_keys=frozenset(
+            {"messages", "tools", "prompt", "completion", "text", "input", "preferred_output",
+             "non_preferred_output", "metadata"}
+        ),
+        unknown_example_key_is_error=True,
+        weight_roles=frozenset({"system", "user", "assistant", "tool"}),
+        roles_must_alternate=True,
+        system_only_first=True,
+    ),
+    price_per_million_training_tokens={"<=16B": 0.48, "17-69B": 1.50, "70-100B": 2.90},
+    prices_as_of=PRICES_AS_OF,
+)
+
+
+class TogetherProvider(SDKProvider):
+    """Together AI's fine-tuning API.
+
+    ``TogetherProvider(api_key=..., transport=None, clock=utc_now, **options)``: ``transport`` is any
+    httpx transport (a :class:`tuneproxy.recording.ReplayTransport` in tests), used by the sync client
+    (including the presigned-URL PUT) and the async one behind :meth:`endpoint`. Options are those of
+    ``SDKProvider`` plus ``project_id``.
+    """
+
+    name: ClassVar[str] = "together"
+    capabilities: ClassVar[Capabilities] = CAPABILITIES
+    STATUS_MAP: ClassVar[dict[str, JobStatus]] = {
+        "pending": JobStatus.QUEUED,
+        "queued": JobStatus.QUEUED,
+        "running": JobStatus.RUNNING,
+        "compressing": JobStatus.RUNNING,
+        "uploading": JobStatus.RUNNING,
+        # Still stopping: not terminal until "cancelled", and the bill is not final before then.
+        "cancel_requested": JobStatus.RUNNING,
+        "cancelled": JobStatus.CANCELLED,
+        "error": JobStatus.FAILED,
+        "user_error": JobStatus.FAILED,
+        "completed": JobStatus.SUCCEEDED,
+    }
+
+    _client: Any = None
+
+    # ------------------------------------------------------------------ clients
+
+    def _sdk_errors(self) -> tuple[type[BaseException], tuple[type[BaseException], ...]]:
+        import together
+
+        return together.APIError, (together.APIConnectionError,)
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "api_key": self._require_key(),
+            "_strict_response_validation": bool(self.options.get("strict_responses", False)),
+        }
+        for key in ("base_url", "project_id"):
+            if self.options.get(key):
+                kwargs[key] = self.options[key]
+        return kwargs
+
+    @property
+    def client(self) -> Any:
+        """The sync ``together.Together`` client (built on first use; SDK retries off)."""
+        if self._client is None:
+            import together
+
+            http, _ = http_clients("httpx", self.transport, float(self.options.get("timeout", 120.0)))
+            self._client = together.Together(max_retries=0, http_client=http, **self._client_kwargs())
+        return self._client
+
+    def _async_client(self) -> Any:
+        import together
+
+        _, http = http_clients("httpx", self.transport, float(self.options.get("timeout", 120.0)))
+        return together.AsyncTogether(max_retries=0, http_client=http, **self._client_kwargs())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def upload(self, path: Path, purpose: Literal["train", "validation"] = "train") -> UploadedFile:
+        """Upload a JSONL file: POST /v1/files → 302 → PUT to the presigned URL → preprocess."""
+        path = Path(path)
+        f = self._write(f"upload {path.name}",
+                        lambda: self.client.files.upload(path, purpose="fine-tune", check=True))
+        return UploadedFile(id=f.id, filename=f.filename or path.name, bytes=f.bytes or 0, purpose=purpose)
+
+    def create_arguments(self, spec: JobSpec) -> dict[str, Any]:
+        """The keyword arguments for ``fine_tuning.create``: only what was given, plus the intent tag."""
+        given = self.translate(spec.hyperparameters)
+        names = {"epochs": "n_epochs", "learning_rate": "learning_rate", "batch_size": "batch_size",
+                 "max_seq_length": "max_seq_length", "warmup_ratio": "warmup_ratio",
+                 "seed": "random_seed", "lora_rank": "lora_r", "lora_alpha": "lora_alpha",
+                 "lora_dropout": "lora_dropout"}
+        kwargs = {wire: given[portable] for portable, wire in names.items() if portable in given}
+        if any(key.startswith("lora_") for key in given):
+            kwargs["lora"] = True  # without it the SDK drops lora_r/lora_alpha/lora_dropout silently
+        kwargs.update(
+            model=spec.model,
+            training_file=spec.training_file,
+            validation_file=spec.validation_file or "",
+            suffix=job_suffix(given.get("suffix"), spec.intent_id),
+            training_method="dpo" if spec.format == "preference" else "sft",
+        )
+        if spec.format != "preference":
+            kwargs["train_on_inputs"] = spec.options.get("train_on_inputs", "auto")
+        return kwargs
+
+    def submit(self, spec: JobSpec) -> JobRecord:
+        """Create the job (the SDK asks for the model limits and a price estimate first). Sent once."""
+        kwargs = self.create_arguments(spec)
+        job = self._create(spec, lambda: self.client.fine_tuning.create(**kwargs))
+        return self._record(job, intent_id=spec.intent_id)
+
+    def refresh(self, job_id: str) -> JobRecord:
+        """The job as Together reports it now, with the billed cost once it has ended."""
+        job = self._read(f"read job {job_id}", lambda: self.client.fine_tuning.retrieve(job_id))
+        return self._record(job)
+
+    def events(self, job_id: str, after: str | None = None) -> list[JobEvent]:
+        """Events after ``after``, oldest first. Together events have no ids: their position is one."""
+        page = self._read(f"read events of {job_id}", lambda: self.client.fine_tuning.list_events(job_id))
+        start = int(after.rsplit("-", 1)[-1]) + 1 if after else 0
+        return [self._event(i, e) for i, e in enumerate(page.data) if i >= start]
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Ask Together to cancel the job (it reports ``cancel_requested`` until it has stopped)."""
+        job = self._write(f"cancel job {job_id}", lambda: self.client.fine_tuning.cancel(job_id))
+        return self._record(job)
+
+    def find_job(self, intent_id: str) -> JobRecord | None:
+        """The job whose suffix carries the intent tag, if Together has one."""
+        tag = intent_tag(intent_id)
+        page = self._read(f"look up the job for intent {intent_id}", lambda: self.client.fine_tuning.list())
+        for job in page.data:
+            names = (getattr(job, "suffix", None) or "", _output_name(job) or "")
+            if any(tag in name for name in names):
+                return self._record(job, intent_id=intent_id)
+        return None
+
+    def estimate(self, stats: Stats, spec: JobSpec) -> CostEstimate:
+        """Together's own estimate once the training file is uploaded; the price table before that."""
+        epochs = spec.hyperparameters.epochs or DEFAULT_EPOCHS
+        if spec.training_file.startswith("file-"):
+            answer = self._read("estimate the price", lambda: self.client.fine_tuning.estimate_price(
+                **self._estimate_arguments(spec, epochs)))
+            if answer.estimation_available:
+                train = int(answer.estimated_train_token_count or 0)
+                return CostEstimate(
+                    provider=self.name, model=spec.model, usd=answer.estimated_total_price,
+                    billable_tokens=train + int(answer.estimated_eval_token_count or 0),
+                    basis=f"Together's estimate-price endpoint for {spec.training_file} × {epochs} epochs.",
+                    authoritative=True,
+                )
+            return self._table_estimate(stats, spec, epochs, note=f" (service: {answer.unavailable_reason})")
+        return self._table_estimate(stats, spec, epochs)
+
+    def _estimate_arguments(self, spec: JobSpec, epochs: int) -> dict[str, Any]:
+        hp = spec.hyperparameters
+        kwargs: dict[str, Any] = {
+            "training_file": spec.training_file, "model": spec.model, "n_epochs": epochs,
+        }
+        if spec.validation_file:
+            kwargs["validation_file"] = spec.validation_file
+        if spec.format == "preference":
+            kwargs["training_method"] = {"method": "dpo"}
+        else:
+            kwargs["training_method"] = {"method": "sft", "train_on_inputs": "auto"}
+        if hp.lora_rank is not None:
+            kwargs["training_type"] = {"type": "Lora", "lora_r": hp.lora_rank,
+                                       "lora_alpha": int(hp.lora_alpha or 2 * hp.lora_rank)}
+        return kwargs
+
+    def _table_estimate(self, stats: Stats, spec: JobSpec, epochs: int, note: str = "") -> CostEstimate:
+        tokens = stats.billable_tokens(epochs)
+        price = table_price(spec.model, preference=spec.format == "preference")
+        if price is None:
+            return CostEstimate(provider=self.name, model=spec.model, usd=None, billable_tokens=tokens,
+                                basis=f"Model size not recognised in {spec.model!r}, so no price bracket; "
+                                      f"{tokens} billable tokens{note}.")
+        return CostEstimate(
+            provider=self.name, model=spec.model, usd=tokens * price / 1_000_000, billable_tokens=tokens,
+            basis=f"{stats.total_tokens} tokens × {epochs} epochs × ${price}/1M (price as of "
+                  f"{PRICES_AS_OF}){note}.",
+        )
+
+    def endpoint(self, model: str) -> Endpoint:
+        """Chat completions on ``model`` (a tuned output name on a running endpoint, or a base model)."""
+        import together
+
+        return ChatEndpoint(
+            model, self._async_client,
+            to_error=lambda exc: self._error(exc, f"generate with {model}"),
+            sdk_errors=(together.APIError,),
+        )
+
+    def serialize(self, example: Any) -> dict[str, Any]:
+        """The example in Together's columns for its format; tuneproxy's own ``metadata`` is dropped."""
+        keep = {
+            "chat": ("messages", "tools"),
+            "preference": ("input", "preferred_output", "non_preferred_output"),
+            "completion": ("prompt", "completion"),
+            "text": ("text",),
+        }[example.format]
+        return {key: example.record[key] for key in keep if key in example.record}
+
+    # ------------------------------------------------------------------ wire → contract
+
+    def _record(self, job: Any, intent_id: str | None = None) -> JobRecord:
+        raw = str(job.status)
+        status = self.status(raw)
+        price = getattr(job, "total_price", None)
+        billed = price / NANO if status.terminal and price is not None else None
+        return JobRecord(
+            provider=self.name, job_id=job.id, model=getattr(job, "model", None) or "",
+            status=status, raw_status=raw, fine_tuned_model=_output_name(job),
+            created_at=to_datetime(job.created_at),
+            finished_at=to_datetime(job.updated_at) if status.terminal else None,
+            error=_failure_message(job) if status is JobStatus.FAILED else None,
+            trained_tokens=getattr(job, "token_count", None), billed_usd=billed, intent_id=intent_id,
+            detail={"suffix": getattr(job, "suffix", None),
+                    "epochs_completed": getattr(job, "epochs_completed", None)},
+        )
+
+    def _event(self, index: int, event: Any) -> JobEvent:
+        return JobEvent(
+            id=f"ev-{index:05d}", time=to_datetime(event.created_at),
+            level=EVENT_LEVELS.get(str(event.level), "info"),
+            message=event.message, step=event.step, total_steps=event.total_steps,
+        )
+
+
+def job_suffix(user_suffix: str | None, intent_id: str) -> str:
+    """The model suffix sent to Together: the user's suffix (if any) and the intent tag."""
+    tag = intent_tag(intent_id)
+    return f"{user_suffix}-{tag}" if user_suffix else tag
+
+
+def table_price(model: str, *, preference: bool = False) -> float | None:
+    """The per-1M-token SFT LoRA rate for ``model``'s size bracket (×2.5 for DPO), or None."""
+    sizes = [float(s) for s in re.findall(r"(?i)(\d+(?:\.\d+)?)b(?![a-z])", model)]
+    if not sizes:
+        return None
+    for ceiling, price in SIZE_BRACKETS:
+        if max(sizes) <= ceiling:
+            return price * (DPO_FACTOR if preference else 1.0)
+    return None
+
+
+def _output_name(job: Any) -> str | None:
+    # create() returns the lib type (output_name); retrieve()/list() the generated one (x_model_output_name).
+    return getattr(job, "x_model_output_name", None) or getattr(job, "output_name", None)
+
+
+def _failure_message(job: Any) -> str | None:
+    """The service's own words for a failure: the last error event it attached to the job."""
+    for event in reversed(getattr(job, "events", None) or []):
+        if getattr(event, "level", None) == "error" or getattr(event, "type", None) in FAILURE_EVENT_TYPES:
+            return event.message
+    return None

@@ -1,0 +1,114 @@
+"""Builders for the local backend's tests: a tiny random Llama and a word-level chat tokenizer.
+
+Everything is made on the spot in a temporary folder, so the tests never download anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>"]
+BASE_WORDS = ["system", "user", "assistant", "tool"]
+WORD = re.compile(r"\w+|[^\w\s]+")
+
+CATEGORIES = ["billing", "login", "shipping", "refund"]
+TICKETS = {
+    "billing": ["I was charged twice this month", "my invoice total looks wrong",
+                "why is my card billed again"],
+    "login": ["I cannot sign in to my account", "password reset link does not work",
+              "locked out after update"],
+    "shipping": ["my parcel has not arrived yet", "tracking shows no movement",
+                 "package went to old address"],
+    "refund": ["I want my money back for the order", "please refund the broken item",
+               "return approved but no refund"],
+}
+
+
+def words_of(texts: Iterable[str]) -> list[str]:
+    """Every distinct word and punctuation mark in ``texts``, in first-seen order."""
+    seen: dict[str, None] = {}
+    for text in texts:
+        for word in WORD.findall(text):
+            seen.setdefault(word, None)
+    return list(seen)
+
+
+def build_tokenizer(words: Sequence[str]) -> Any:
+    """A word-level fast tokenizer over ``words`` with a ChatML-style chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in [*BASE_WORDS, *words]:
+        vocab.setdefault(word, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<|pad|>", unk_token="<|unk|>", eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model_folder(folder: Path, words: Sequence[str], *, hidden: int = 64, layers: int = 2,
+                       seed: int = 0) -> Path:
+    """Save a tiny randomly initialised Llama and its tokenizer to ``folder`` (an HF model folder)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(words)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def ticket_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` support-ticket triage examples whose answer is a small JSON object."""
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        category = rng.choice(CATEGORIES)
+        text = rng.choice(TICKETS[category])
+        answer = json.dumps({"category": category})
+        records.append({
+            "messages": [
+                {"role": "system", "content": "Classify the ticket. Answer in JSON."},
+                {"role": "user", "content": text},
+                {"role": "assistant", "content": answer},
+            ],
+            "metadata": {"category": category},
+        })
+    return records
+
+
+def ticket_words() -> list[str]:
+    """The vocabulary the ticket records need."""
+    texts = ["Classify the ticket. Answer in JSON.", *CATEGORIES, '{"category": ""}']
+    texts += [t for group in TICKETS.values() for t in group]
+    return words_of(texts)
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write ``records`` one JSON object per line."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
