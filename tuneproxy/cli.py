@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -106,6 +108,198 @@ def providers_command(as_json: JsonOpt = False) -> None:
         table.add_row(row["name"], row["env_key"] or "-", ", ".join(row["formats"]),
                       ", ".join(row["hyperparameters"]), str(row["sunset"] or ""))
     console.print(table)
+
+
+
+jobs_app = typer.Typer(help="Follow fine-tuning jobs the ledger knows: list, show, events, wait, cancel.",
+                       no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Read the ledger only; do not ask the service.")]
+PollOpt = Annotated[float, typer.Option("--poll-interval", min=0, help="Seconds between status checks.")]
+
+
+def _holdout_value(value: str | None) -> Any:
+    """``--holdout`` is a path, a fraction (0.1) or a count (100)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return Path(value)
+    return int(number) if number >= 1 and number.is_integer() else number
+
+
+@contextmanager
+def _warnings_shown():
+    """Show Python warnings (sunset dates, data warnings) as plain lines on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for item in caught:
+                err_console.print(f"[yellow]warning:[/] {escape(str(item.message))}", highlight=False)
+
+
+@app.command()
+def fit(
+    data: Annotated[Path, typer.Argument(help="Training data, JSONL.")],
+    provider: Annotated[str, typer.Option("--provider", "-p", help="Where to train: see `tuneproxy providers`.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model to fine-tune.")],
+    epochs: Annotated[int | None, typer.Option(help="Passes over the data.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    learning_rate_multiplier: Annotated[float | None, typer.Option(help="OpenAI's LR multiplier.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
+    lora_rank: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha.")] = None,
+    lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout.")] = None,
+    max_seq_length: Annotated[int | None, typer.Option(help="Longest sequence in tokens.")] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(help="Warm-up share of steps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    suffix: Annotated[str | None, typer.Option(help="Tag for the tuned model's name.")] = None,
+    holdout: Annotated[str | None, typer.Option(help="Validation JSONL, or a fraction/count to hold out.")] = None,
+    stratify: Annotated[str | None, typer.Option(help="Metadata key to stratify the holdout by.")] = None,
+    budget: Annotated[float | None, typer.Option(help="Refuse if the estimate is over this many USD.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Submit and return the job id at once.")] = False,
+    poll_interval: PollOpt = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate, estimate, upload and submit a fine-tuning job, then follow it to the end."""
+    from tuneproxy.jobs import Job
+    from tuneproxy.tuner import Tuner
+
+    params = {"epochs": epochs, "learning_rate": learning_rate, "learning_rate_multiplier": learning_rate_multiplier,
+              "batch_size": batch_size, "lora_rank": lora_rank, "lora_alpha": lora_alpha,
+              "lora_dropout": lora_dropout, "max_seq_length": max_seq_length, "warmup_ratio": warmup_ratio,
+              "seed": seed, "suffix": suffix}
+    with _warnings_shown():
+        tuner = Tuner(provider, model, budget_usd=budget, poll_interval=poll_interval, show_progress=not as_json,
+                      **{k: v for k, v in params.items() if v is not None})
+        result = tuner.fit(data, _holdout_value(holdout), wait=not no_wait, stratify=stratify)
+    record = result.record
+    if as_json:
+        payload = record.model_dump(mode="json")
+        if not isinstance(result, Job):
+            payload["costs"] = result.costs
+        _print_json(payload)
+        return
+    if isinstance(result, Job):
+        console.print(f"Submitted job [bold]{record.job_id}[/] on {record.provider} ({record.status.value}). "
+                      f"Follow it with `tuneproxy jobs wait {record.job_id}`.", highlight=False)
+        return
+    billed = f"${record.billed_usd:.4f}" if record.billed_usd is not None else "not reported"
+    console.print(f"[bold green]Done:[/] {result.model} (job {record.job_id}, billed {billed})", highlight=False)
+
+
+def _job_table(records: list) -> Table:
+    table = Table(title="Jobs")
+    for col in ("job", "provider", "base model", "status", "tuned model", "billed USD", "created"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(r.status.value, "")
+        table.add_row(r.job_id, r.provider, r.model, f"[{style}]{r.status.value}[/]" if style else r.status.value,
+                      r.fine_tuned_model or "", "" if r.billed_usd is None else f"{r.billed_usd:.4f}",
+                      r.created_at.isoformat(timespec="seconds") if r.created_at else "")
+    return table
+
+
+def _attach(job_id: str, poll_interval: float = 10.0):
+    from tuneproxy.jobs import Job
+
+    return Job.attach(job_id, poll_interval=poll_interval)
+
+
+@jobs_app.command("list")
+def jobs_list(provider: ProviderOpt = None, limit: Annotated[int, typer.Option(min=1)] = 50,
+              as_json: JsonOpt = False) -> None:
+    """Jobs in the ledger, newest first (no service is contacted)."""
+    from tuneproxy.ledger import Ledger
+
+    records = Ledger().jobs(provider, limit)
+    if as_json:
+        _print_json([r.model_dump(mode="json") for r in records])
+    elif records:
+        console.print(_job_table(records))
+    else:
+        console.print("No jobs yet. Start one with `tuneproxy fit DATA --provider P --model M`.")
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, offline: OfflineOpt = False, as_json: JsonOpt = False) -> None:
+    """One job's state (refreshed from the service unless --offline) and its costs."""
+    from tuneproxy.ledger import Ledger
+
+    if offline:
+        ledger = Ledger()
+        record = ledger.job(job_id)
+    else:
+        job = _attach(job_id)
+        ledger, record = job.ledger, job.refresh()
+    costs = ledger.costs(job_id=record.job_id) + (ledger.costs(intent_id=record.intent_id) if record.intent_id else [])
+    costs = list({c["id"]: c for c in costs}.values())
+    if as_json:
+        _print_json({**record.model_dump(mode="json"), "costs": costs})
+        return
+    console.print(_job_table([record]))
+    if record.error:
+        console.print(f"[red]error from {record.provider}:[/] {escape(record.error)}", highlight=False)
+    for c in costs:
+        usd = "unknown" if c["usd"] is None else f"${c['usd']:.4f}"
+        console.print(f"{c['kind']}: {usd} — {escape(c['basis'])}", highlight=False)
+
+
+@jobs_app.command("events")
+def jobs_events(job_id: str, offline: OfflineOpt = False, as_json: JsonOpt = False) -> None:
+    """A job's log lines and training metrics (new ones fetched from the service unless --offline)."""
+    from tuneproxy.ledger import Ledger
+
+    if offline:
+        ledger = Ledger()
+        record = ledger.job(job_id)
+        events = ledger.events(record.provider, record.job_id)
+    else:
+        job = _attach(job_id)
+        job.events()
+        events = job.history()
+    if as_json:
+        _print_json([e.model_dump(mode="json") for e in events])
+        return
+    table = Table(title=f"Events of {job_id}")
+    for col in ("time", "level", "step", "train loss", "valid loss", "message"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        table.add_row(e.time.isoformat(timespec="seconds"), e.level, "" if e.step is None else str(e.step),
+                      "" if e.train_loss is None else f"{e.train_loss:.4f}",
+                      "" if e.valid_loss is None else f"{e.valid_loss:.4f}", escape(e.message))
+    console.print(table)
+
+
+@jobs_app.command("wait")
+def jobs_wait(job_id: str, poll_interval: PollOpt = 10.0, as_json: JsonOpt = False) -> None:
+    """Follow a job until it ends, with a live display. Exit 3 if it failed or was cancelled."""
+    from tuneproxy.display import JobDisplay
+
+    job = _attach(job_id, poll_interval)
+    with JobDisplay(enabled=not as_json) as display:
+        record = job.wait(on_update=display)
+    if as_json:
+        _print_json(record.model_dump(mode="json"))
+    else:
+        console.print(_job_table([record]))
+    if record.status.value != "succeeded":
+        raise typer.Exit(3)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
+    """Ask the service to stop a job."""
+    record = _attach(job_id).cancel()
+    if as_json:
+        _print_json(record.model_dump(mode="json"))
+    else:
+        console.print(f"Cancel requested: {record.job_id} is {record.status.value} ({record.raw_status}).",
+                      highlight=False)
 
 
 def main() -> None:

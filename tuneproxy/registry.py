@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from tuneproxy.contract import Provider
@@ -51,10 +52,32 @@ def provider_class(name: str) -> type[Provider]:
     return getattr(module, attr)
 
 
+CASSETTE_ENV = "TUNEPROXY_CASSETTE"
+
+
+def _cassette_transport(name: str, path: str) -> Any:
+    """Replay (or, with ``TUNEPROXY_RECORD=1``, record) every request of this run through one cassette."""
+    from tuneproxy.recording import RECORD_ENV, RecordingTransport, ReplayTransport
+
+    if os.environ.get(RECORD_ENV) == "1":
+        return RecordingTransport(path, provider=name, scenario=Path(path).stem,
+                                  description=f"{name} {Path(path).stem}, recorded through the CLI")
+    return ReplayTransport(path)
+
+
 def create(name: str, *, api_key: str | None = None, require_key: bool = True, **options: Any) -> Provider:
-    """Build the provider ``name``, taking its key from the environment when not given."""
+    """Build the provider ``name``, taking its key from the environment when not given.
+
+    With ``TUNEPROXY_CASSETTE=path`` set, the provider talks to that recorded cassette instead of the
+    network (a replay needs no real key) — how the CLI is tested and demonstrated offline.
+    """
     cls = provider_class(name)
     env_key = cls.capabilities.env_key
+    cassette = os.environ.get(CASSETTE_ENV)
+    if cassette and "transport" not in options:
+        options["transport"] = _cassette_transport(name, cassette)
+        if os.environ.get("TUNEPROXY_RECORD") != "1":
+            api_key = api_key or "replay-key"
     if api_key is None and env_key:
         api_key = os.environ.get(env_key) or None
         if api_key is None and require_key:
