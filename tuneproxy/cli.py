@@ -139,7 +139,7 @@ def _warnings_shown():
             yield
         finally:
             for item in caught:
-                err_console.print(f"[yellow]warning:[/] {escape(str(item.message))}", highlight=False)
+                err_console.print(f"[yellow]warning:[/] {escape(str(item.message))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -312,7 +312,7 @@ def main() -> None:
         err_console.print("Interrupted; anything already recorded is kept in the ledger.")
         sys.exit(130)
     except TuneproxyError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # a usage error or a bug: never a traceback unless asked for
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # typer's (vendored) click usage errors
@@ -321,7 +321,7 @@ def main() -> None:
         if os.environ.get("TUNEPROXY_DEBUG"):
             raise
         err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. "
-                          "Set TUNEPROXY_DEBUG=1 for the traceback and please report it.", highlight=False)
+                          "Set TUNEPROXY_DEBUG=1 for the traceback and please report it.", highlight=False, soft_wrap=True)
         sys.exit(3)
     sys.exit(code if isinstance(code, int) else 0)
 

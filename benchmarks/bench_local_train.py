@@ -1,0 +1,195 @@
+"""Local trainer vs a plain transformers ``Trainer`` + peft baseline, in the same run.
+
+Same tiny-but-not-trivial random Llama, same chat data with a realistic spread of lengths, same LoRA
+(rank 16, all linear layers), same assistant-only labels, batch 8, one epoch. The baseline pads each
+batch to its longest example (the default collator behaviour); ours packs without padding. Figures:
+effective (non-padding) tokens per second of training and peak memory, each trainer in its own process.
+
+    python benchmarks/bench_local_train.py [--examples 256] [--hidden 256] [--layers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+VOCAB_WORDS = 4000
+SETTINGS = {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "lora_rank": 16, "lora_alpha": 32,
+            "lora_dropout": 0.0, "max_seq_length": 512, "seed": 0}
+
+
+def build_inputs(root: Path, n_examples: int, hidden: int, layers: int) -> tuple[Path, Path]:
+    """A random Llama with a word-level chat tokenizer, and chat examples of 20 to ~420 tokens."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant"]
+    vocab = {tok: i for i, tok in enumerate(specials + [f"w{i}" for i in range(VOCAB_WORDS)])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<|pad|>", unk_token="<|unk|>",
+                                        eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=int(hidden * 2.75),
+                         num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=4,
+                         max_position_embeddings=1024, pad_token_id=0, eos_token_id=3, bos_token_id=None)
+    torch.manual_seed(0)
+    model_dir = root / "model"
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+    rng = random.Random(0)
+
+    def words(n: int) -> str:
+        return " ".join(f"w{rng.randrange(VOCAB_WORDS)}" for _ in range(n))
+
+    lines = []
+    for _ in range(n_examples):
+        # most prompts are short, a few are long: the spread real chat data has
+        prompt = int(min(380, rng.lognormvariate(4.0, 0.7)))
+        messages = [{"role": "system", "content": words(8)}, {"role": "user", "content": words(prompt)},
+                    {"role": "assistant", "content": words(rng.randint(5, 40))}]
+        lines.append(json.dumps({"messages": messages}))
+    data = root / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    return model_dir, data
+
+
+def rss_now() -> int:
+    """Current resident set size in bytes."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize()
+
+
+def peak(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_ours(model_dir: Path, data: Path, device: str, work: Path) -> dict:
+    from tuneproxy.local_backend.jobfiles import JobFiles
+    from tuneproxy.local_backend.settings import TrainSettings
+    from tuneproxy.local_backend.train import Trainer
+
+    settings = TrainSettings(model=str(model_dir), training_file=str(data), quantization="none",
+                             device=device, gradient_checkpointing=False, save_every=10**6,
+                             eval_every=10**6, **SETTINGS)
+    job = work / "ours-job"
+    job.mkdir()
+    summary = Trainer(settings, JobFiles(job), work / "home").run()
+    return {"tokens": summary["tokens"], "seconds": summary["train_seconds"], "peak": peak(device),
+            "final_loss": summary["final_train_loss"]}
+
+
+def run_baseline(model_dir: Path, data: Path, device: str, work: Path) -> dict:
+    """transformers Trainer + peft, DataCollatorForSeq2Seq padding each batch to its longest example."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from tuneproxy.local_backend.collate import encode_chat
+    from tuneproxy.local_backend.data import read_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = []
+    for ex in read_examples(data):
+        enc = encode_chat(tokenizer, ex.messages(), SETTINGS["max_seq_length"])
+        rows.append({"input_ids": enc.input_ids, "labels": enc.labels,
+                     "attention_mask": [1] * len(enc.input_ids)})
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    torch.manual_seed(SETTINGS["seed"])
+    model = get_peft_model(model, LoraConfig(r=SETTINGS["lora_rank"], lora_alpha=SETTINGS["lora_alpha"],
+                                             lora_dropout=0.0, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    args = TrainingArguments(
+        output_dir=str(work / "baseline-out"), per_device_train_batch_size=SETTINGS["batch_size"],
+        num_train_epochs=SETTINGS["epochs"], learning_rate=SETTINGS["learning_rate"], lr_scheduler_type="cosine",
+        warmup_steps=math.ceil(0.05 * math.ceil(len(rows) / SETTINGS["batch_size"])), max_grad_norm=1.0,
+        logging_steps=10**6, save_strategy="no", report_to=[],
+        seed=SETTINGS["seed"], use_cpu=device == "cpu", bf16=device == "cuda", disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    return {"tokens": sum(len(r["input_ids"]) for r in rows) * SETTINGS["epochs"], "seconds": seconds,
+            "peak": peak(device), "final_loss": result.training_loss}
+
+
+def child(which: str, device: str, work: Path) -> None:
+    """Run one trainer in this process and print its figures as JSON."""
+    model_dir, data = work / "model", work / "train.jsonl"
+    runner = run_ours if which == "ours" else run_baseline
+    figures = runner(model_dir, data, device, work)
+    print(json.dumps(figures))
+
+
+def measure(which: str, device: str, work: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", which, "--device", device, "--work", str(work)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{which} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(device: str, ours: dict, base: dict) -> None:
+    kind = "peak GPU memory allocated" if device == "cuda" else "peak process RSS"
+    ours_tps, base_tps = ours["tokens"] / ours["seconds"], base["tokens"] / base["seconds"]
+    print(f"\n[{device}] effective (non-padding) training tokens/s, {kind}")
+    print(f"  {'':<34}{'tokens/s':>10}{'seconds':>9}{'peak GiB':>10}")
+    for name, f in (("tuneproxy local (packed)", ours), ("transformers Trainer + peft (padded)", base)):
+        print(f"  {name:<34}{f['tokens'] / f['seconds']:>10.0f}{f['seconds']:>9.1f}{f['peak'] / 2**30:>10.2f}")
+    print(f"  speed ratio {ours_tps / base_tps:.2f}x; peak memory ratio {ours['peak'] / base['peak']:.2f}x "
+          f"(both ran {ours['tokens']} real tokens)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--child", choices=["ours", "baseline"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.device, args.work)
+        return
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
+        work = Path(tmp)
+        build_inputs(work, args.examples, args.hidden, args.layers)
+        print(f"model: random Llama hidden {args.hidden}, {args.layers} layers; {args.examples} chat examples; "
+              f"LoRA r=16 all-linear, batch 8, 1 epoch")
+        for device in devices:
+            runs = {}
+            for which in ("baseline", "ours"):
+                run_dir = work / f"{device}-{which}"
+                run_dir.mkdir()
+                for name in ("model", "train.jsonl"):
+                    (run_dir / name).symlink_to(work / name)
+                runs[which] = measure(which, device, run_dir)
+            report(device, runs["ours"], runs["baseline"])
+
+
+if __name__ == "__main__":
+    main()

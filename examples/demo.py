@@ -1,0 +1,71 @@
+"""The main job, end to end on the bundled sample: what `make demo` runs.
+
+1. Validate fixtures/datasets/sample.jsonl against every provider's rules, with exact token statistics.
+2. Estimate what fine-tuning it would cost on each provider that prices per token.
+3. Fine-tune SmolLM2-135M-Instruct locally and show its answers next to the base model's (when the
+   local backend is installed).
+Everything runs offline; state goes to ./.tuneproxy-demo.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TUNEPROXY_HOME", str(ROOT / ".tuneproxy-demo"))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tuneproxy import Tuner, registry, validate  # noqa: E402
+from tuneproxy.render import show_report  # noqa: E402
+
+SAMPLE = ROOT / "fixtures" / "datasets" / "sample.jsonl"
+MODELS = {
+    "openai": "gpt-4o-mini-2024-07-18",
+    "together": "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference",
+    "fireworks": "accounts/fireworks/models/llama-v3p1-8b-instruct",
+    "replicate": "meta/llama-2-7b-chat",
+}
+
+
+def validate_everywhere(console: Console) -> None:
+    for name, model in MODELS.items():
+        caps = registry.provider_class(name).capabilities
+        console.rule(f"{caps.display_name}: {model}")
+        report = validate(SAMPLE, rules=caps.rules, service=caps.display_name, model=model)
+        show_report(console, report, epochs=3)
+
+
+def estimates(console: Console) -> None:
+    table = Table(title="What 3 epochs on the sample would cost (before anything is paid)")
+    for col in ("provider", "model", "USD", "how"):
+        table.add_column(col, overflow="fold")
+    for name in ("openai", "together", "fireworks"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tuner = Tuner(name, MODELS[name], epochs=3, api_key="not-needed-for-an-estimate", show_progress=False)
+            estimate = tuner.estimate(SAMPLE)
+        usd = "unknown" if estimate.usd is None else f"{estimate.usd:.4f}"
+        table.add_row(name, MODELS[name], usd, estimate.basis)
+    console.print(table)
+
+
+def main() -> int:
+    console = Console()
+    validate_everywhere(console)
+    estimates(console)
+    local_demo = ROOT / "examples" / "local_demo.py"
+    if local_demo.exists():
+        console.rule("Fine-tuning SmolLM2-135M-Instruct locally")
+        import runpy
+
+        runpy.run_path(str(local_demo), run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

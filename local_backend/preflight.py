@@ -1,0 +1,61 @@
+"""Checks made before a run starts, at submit time and again in the worker: the model can be found,
+the LoRA targets exist, and the run fits in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneproxy.local_backend import memory, models
+from tuneproxy.local_backend.errors import UnknownTargetModule
+from tuneproxy.local_backend.settings import TrainSettings
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the settings resolve to on this machine."""
+
+    source: models.ModelSource
+    device: str
+    quantization: str
+    checkpointing: bool
+    targets: list[str]
+    memory: memory.MemoryPlan
+
+
+def resolve_targets(requested: list[str] | str, available: set[str]) -> list[str]:
+    """The LoRA target module names: every linear layer for 'all-linear', else the ones asked for."""
+    if requested == "all-linear":
+        return sorted(available)
+    unknown = sorted(set(requested) - available)
+    if unknown:
+        raise UnknownTargetModule(
+            f"LoRA target module(s) {', '.join(unknown)} match no linear layer of this model. "
+            f"Its linear layers are: {', '.join(sorted(available))} (or use 'all-linear')."
+        )
+    return list(requested)
+
+
+def plan_run(settings: TrainSettings, home: Path) -> RunPlan:
+    """Resolve the settings and check them; raises a clear error if the run cannot start.
+
+    The model is built on the meta device from its config, so no weights are downloaded or loaded.
+    """
+    import torch
+
+    source = models.resolve(settings.model)
+    device = models.pick_device(settings.device)
+    quantization = models.pick_quantization(settings.quantization, device)
+    checkpointing = settings.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = device == "cuda"
+    model = models.meta_model(models.load_config(source, home))
+    targets = resolve_targets(settings.target_modules, models.linear_module_names(model))
+    dtype_bytes = torch.finfo(models.compute_dtype(device)).bits // 8
+    mem = memory.plan(
+        model, targets=set(targets), rank=settings.lora_rank, quantization=quantization, device=device,
+        dtype_bytes=dtype_bytes, row_tokens=settings.row_tokens, checkpointing=checkpointing,
+        limit_gb=settings.memory_limit_gb,
+    )
+    memory.ensure_fits(mem, quantization, checkpointing)
+    return RunPlan(source, device, quantization, checkpointing, targets, mem)

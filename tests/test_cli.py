@@ -1,0 +1,123 @@
+"""The command line: exit codes, --json, tables, and no traceback for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tuneproxy import cli
+
+SAMPLE = FIXTURES / "datasets" / "sample.jsonl"
+BAD = FIXTURES / "datasets" / "bad"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process as the console script does; return (exit code, stdout, stderr)."""
+    sys.argv = ["tuneproxy", *map(str, args)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_valid_sample_exits_zero_with_stats_and_verdict(capsys):
+    code, out, _ = run(capsys, "validate", SAMPLE, "--provider", "openai", "--model", "gpt-4o-mini")
+    assert code == 0
+    assert "OK: 400 examples are ready to train" in out
+    assert "36,224" in out and "tiktoken o200k_base" in out
+
+
+def test_json_output_has_findings_stats_and_verdict(capsys):
+    code, out, _ = run(capsys, "validate", BAD / "weight_invalid.jsonl", "--json")
+    data = json.loads(out)
+    assert code == 1
+    assert data["ok"] is False and data["verdict"].startswith("FAILED")
+    assert [f["line"] for f in data["findings"] if f["code"] == "TP305"] == [1, 2, 3]
+    assert data["stats"]["epochs"] == 3
+
+
+def test_table_groups_findings_by_code_with_first_lines(capsys):
+    code, out, _ = run(capsys, "validate", BAD / "messages_invalid.jsonl")
+    assert code == 1
+    row = next(line for line in out.splitlines() if "TP301" in line)
+    assert "3" in row and "1, 2, 3" in row
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in BAD.glob("*.jsonl")))
+def test_every_bad_file_gets_a_verdict_and_no_traceback(capsys, name):
+    code, out, err = run(capsys, "validate", BAD / name)
+    assert code in (0, 1)
+    assert "Traceback" not in out + err
+    assert "OK:" in out or "FAILED:" in out
+
+
+def test_missing_file_is_a_usage_error_with_advice(capsys, tmp_path):
+    code, _, err = run(capsys, "validate", tmp_path / "nope.jsonl")
+    assert code == 2 and "no such file" in err
+
+
+def test_directory_is_a_usage_error(capsys, tmp_path):
+    code, _, err = run(capsys, "validate", tmp_path)
+    assert code == 2 and "is a directory" in err
+
+
+def test_unknown_provider_lists_the_known_ones(capsys):
+    code, _, err = run(capsys, "validate", SAMPLE, "--provider", "nope")
+    assert code == 2 and "together" in err
+
+
+def test_providers_json_lists_each_with_its_hyperparameters(capsys):
+    code, out, _ = run(capsys, "providers", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0
+    assert {"openai", "together", "fireworks", "replicate"} <= set(rows)
+    assert "lora_rank" in rows["together"]["hyperparameters"]
+    assert "lora_rank" not in rows["openai"]["hyperparameters"]
+    assert rows["openai"]["sunset"] == "2027-01-06"
+
+
+def test_jobs_list_on_an_empty_ledger_says_how_to_start(capsys):
+    code, out, _ = run(capsys, "jobs", "list")
+    assert code == 0 and "tuneproxy fit" in out
+    code, out, _ = run(capsys, "jobs", "list", "--json")
+    assert json.loads(out) == []
+
+
+def test_unknown_job_is_a_usage_error(capsys):
+    code, _, err = run(capsys, "jobs", "show", "ft-missing", "--offline")
+    assert code == 2 and "tuneproxy jobs list" in err
+
+
+def test_fit_without_a_key_names_the_variable_and_never_traces(capsys):
+    code, _, err = run(capsys, "fit", SAMPLE, "-p", "together", "-m", "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference")
+    assert code == 2
+    assert "TOGETHER_API_KEY" in err and "Traceback" not in err
+
+
+def test_fit_with_an_unsupported_parameter_is_a_usage_error(capsys):
+    code, _, err = run(capsys, "fit", SAMPLE, "-p", "openai", "-m", "gpt-4o-mini", "--lora-rank", "8")
+    assert code == 2 and "Together AI" in err
+
+
+def test_console_script_help_starts_without_torch_or_sdks():
+    code = ("import sys, runpy; sys.argv = ['tuneproxy', '--help'];\n"
+            "try:\n    runpy.run_module('tuneproxy.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'openai', 'together', 'fireworks', 'replicate')"
+            " if m in sys.modules]\nprint('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_validate_works_with_torch_unavailable(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+            f"sys.argv = ['tuneproxy', 'validate', {str(SAMPLE)!r}, '--provider', 'together', '--json']\n"
+            "from tuneproxy.cli import main\nmain()")
+    env = {**os.environ, "TUNEPROXY_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stats"]["examples"] == 400

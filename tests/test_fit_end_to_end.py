@@ -1,0 +1,137 @@
+"""The same ``fit()`` through OpenAI and Together, replayed from Tuner-level cassettes, into the ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tuneproxy import Job, JobStatus, Ledger, Tuner, TunedModel
+from tuneproxy import cli
+from tuneproxy.errors import JobFailed
+from tuneproxy.recording import LostResponseTransport, ReplayTransport, cassette_path
+
+SAMPLE = FIXTURES / "datasets" / "sample.jsonl"
+MODELS = {"openai": "gpt-4o-mini-2024-07-18", "together": "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"}
+CREATE = {"openai": "/v1/fine_tuning/jobs", "together": "/v1/fine-tunes"}
+QUESTION = [{"role": "user", "content": "Ticket: I was charged twice"}]
+
+
+def before_the_sunset() -> dt.datetime:
+    return dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc)
+
+
+def make_tuner(provider: str, transport) -> Tuner:
+    """The one fit() call of these tests; only ``provider`` (and its model) changes."""
+    return Tuner(provider, MODELS[provider], epochs=3, batch_size=8, seed=42, suffix="support-bot",
+                 poll_interval=0, show_progress=False, api_key="test-key", clock=before_the_sunset,
+                 provider_options={"transport": transport})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("provider", ["openai", "together"])
+def test_same_fit_call_trains_on_either_provider_and_fills_the_ledger(provider):
+    transport = ReplayTransport(cassette_path(provider, "fit_happy_path"))
+    tuned = make_tuner(provider, transport).fit(SAMPLE, holdout=0.1)
+    assert isinstance(tuned, TunedModel)
+    assert tuned.model and tuned.base_model == MODELS[provider]
+    reply = tuned.endpoint.complete(QUESTION)
+    assert '"category"' in reply.text and reply.usage.completion_tokens > 0
+    transport.assert_all_played()
+    assert len(transport.requests("POST", CREATE[provider])) == 1
+    ledger = Ledger()
+    job = ledger.job(tuned.job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.fine_tuned_model == tuned.model
+    kinds = [c["kind"] for c in tuned.costs]
+    assert kinds[0] == "estimate" and kinds[-1] == "billed"
+    assert tuned.costs[-1]["usd"] == pytest.approx(job.billed_usd) and job.billed_usd > 0
+    assert ledger.events(provider, tuned.job_id)
+    assert ledger.submission(job.intent_id).state == "submitted"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_openai_metrics_reach_the_tuned_model():
+    transport = ReplayTransport(cassette_path("openai", "fit_happy_path"))
+    tuned = make_tuner("openai", transport).fit(SAMPLE, holdout=0.1)
+    steps = [(m.step, m.train_loss is not None, m.valid_loss is not None) for m in tuned.metrics]
+    assert steps == [(45, True, True), (90, True, True), (135, True, True)]
+    assert tuned.record.trained_tokens == 98043
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("provider", ["openai", "together"])
+def test_failed_job_gives_the_services_message_verbatim(provider):
+    transport = ReplayTransport(cassette_path(provider, "fit_failed"))
+    with pytest.raises(JobFailed) as err:
+        make_tuner(provider, transport).fit(SAMPLE, holdout=0.1)
+    record = Ledger().jobs()[0]
+    assert record.status is JobStatus.FAILED and record.error
+    assert record.error in str(err.value)
+    transport.assert_all_played()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("provider", ["openai", "together"])
+def test_lost_create_answer_is_reconciled_without_a_second_paid_job(provider):
+    replay = ReplayTransport(cassette_path(provider, "fit_lost_create"))
+    transport = LostResponseTransport(replay, method="POST", path=CREATE[provider])
+    tuned = make_tuner(provider, transport).fit(SAMPLE, holdout=0.1)
+    assert tuned.record.status is JobStatus.SUCCEEDED
+    assert len(replay.requests("POST", CREATE[provider])) == 1
+    transport.assert_all_played()
+    assert len(Ledger().jobs()) == 1
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_no_wait_returns_a_job_that_can_be_cancelled():
+    transport = ReplayTransport(cassette_path("together", "fit_cancelled"))
+    job = make_tuner("together", transport).fit(SAMPLE, holdout=0.1, wait=False)
+    assert isinstance(job, Job) and not job.status.terminal
+    assert job.cancel().raw_status == "cancel_requested"
+    assert job.wait().status is JobStatus.CANCELLED
+    with pytest.raises(JobFailed, match="cancelled"):
+        job.result()
+    transport.assert_all_played()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_job_is_reattached_from_the_ledger_after_a_restart():
+    transport = ReplayTransport(cassette_path("together", "fit_happy_path"))
+    job_id = make_tuner("together", transport).fit(SAMPLE, holdout=0.1, wait=False).id
+    # a new process: nothing but the ledger and the job id
+    again = Job.attach(job_id, api_key="test-key", poll_interval=0, transport=transport)
+    assert again.wait().status is JobStatus.SUCCEEDED
+    tuned = again.result()
+    assert tuned.endpoint.complete(QUESTION).text
+    transport.assert_all_played()
+
+
+def test_cli_fit_then_jobs_commands_round_trip(capsys, monkeypatch):
+    monkeypatch.setenv("TUNEPROXY_CASSETTE", str(cassette_path("together", "fit_happy_path")))
+    monkeypatch.setenv("TOGETHER_API_KEY", "test-key")
+
+    def run(*args: str) -> tuple[int, str, str]:
+        sys.argv = ["tuneproxy", *args]
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+
+    code, out, err = run("fit", str(SAMPLE), "-p", "together", "-m", MODELS["together"], "--epochs", "3",
+                         "--batch-size", "8", "--seed", "42", "--suffix", "support-bot", "--holdout", "0.1",
+                         "--poll-interval", "0", "--json")
+    assert code == 0, err
+    done = json.loads(out)
+    assert done["status"] == "succeeded" and done["costs"][-1]["kind"] == "billed"
+    monkeypatch.delenv("TUNEPROXY_CASSETTE")
+    code, out, _ = run("jobs", "list", "--json")
+    assert [j["job_id"] for j in json.loads(out)] == [done["job_id"]]
+    code, out, _ = run("jobs", "events", done["job_id"], "--offline", "--json")
+    assert code == 0 and json.loads(out)
+    code, out, _ = run("jobs", "show", done["job_id"][:8], "--offline")
+    assert code == 0 and "billed: $" in out and "test-key" not in out
+    code, out, _ = run("jobs", "show", done["job_id"], "--offline", "--json")
+    assert json.loads(out)["fine_tuned_model"] == done["fine_tuned_model"]

@@ -1,0 +1,126 @@
+"""Tuner(...).fit(data): everything that must happen, or be refused, before anything is paid."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import warnings
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tuneproxy import Tuner
+from tuneproxy.errors import (
+    BudgetExceeded,
+    ConfigError,
+    DatasetError,
+    MissingCredentials,
+    ProviderSunset,
+    UnsupportedParameter,
+)
+from tuneproxy.recording import Cassette, ReplayTransport
+from tuneproxy.tuner import DatasetWarning, SunsetWarning
+
+SAMPLE = FIXTURES / "datasets" / "sample.jsonl"
+
+
+def silent(provider: str) -> ReplayTransport:
+    """A transport with nothing to serve: any request at all fails the test."""
+    return ReplayTransport(Cassette(provider=provider, scenario="none", source="authored from API reference",
+                                    description="no request may be made"))
+
+
+def clock(day: dt.date):
+    return lambda: dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.timezone.utc)
+
+
+def tuner(provider="openai", model="gpt-4o-mini-2024-07-18", transport=None, **kw) -> Tuner:
+    kw.setdefault("clock", clock(dt.date(2026, 11, 28)))
+    return Tuner(provider, model, api_key="test-key", poll_interval=0, show_progress=False,
+                 provider_options={"transport": transport or silent(provider)}, **kw)
+
+
+def test_unknown_setting_lists_the_portable_names():
+    with pytest.raises(ConfigError, match="n_epochs.*portable names: epochs"):
+        Tuner("openai", "gpt-4o-mini", n_epochs=3)
+
+
+def test_out_of_range_hyperparameter_is_a_clear_error():
+    with pytest.raises(ConfigError, match="lora_dropout"):
+        Tuner("together", "llama", lora_dropout=1.5)
+
+
+def test_parameter_the_provider_lacks_names_the_providers_that_have_it():
+    with pytest.raises(UnsupportedParameter) as err:
+        Tuner("openai", "gpt-4o-mini", lora_rank=16)
+    message = str(err.value)
+    assert "OpenAI does not support: lora_rank" in message
+    assert "Together AI" in message and "Fireworks AI" in message
+
+
+def test_after_the_sunset_date_openai_fit_raises_before_any_upload():
+    transport = silent("openai")
+    with pytest.raises(ProviderSunset, match="2027-01-06"):
+        tuner(transport=transport, clock=clock(dt.date(2027, 1, 6))).fit(SAMPLE)
+    assert transport.log == []
+
+
+def test_before_the_sunset_date_openai_fit_warns_with_the_date():
+    t = tuner(clock=clock(dt.date(2026, 12, 1)))
+    with pytest.warns(SunsetWarning, match="2027-01-06.*36 days"):
+        t.check_sunset()
+
+
+def test_a_provider_without_a_sunset_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tuner("together", "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference").check_sunset()
+
+
+def test_data_with_errors_stops_fit_before_any_request(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(SAMPLE.read_text() + '{"messages": [{"role": "user", "content": 7}]}\n')
+    transport = silent("together")
+    with pytest.raises(DatasetError, match="line 401: TP303"):
+        tuner("together", "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", transport=transport).fit(bad)
+    assert transport.log == []
+
+
+def test_estimate_over_budget_stops_fit_before_any_request():
+    transport = silent("openai")
+    with pytest.raises(BudgetExceeded, match=r"over the budget of \$0.01"):
+        tuner(transport=transport, budget_usd=0.01, epochs=3).fit(SAMPLE)
+    assert transport.log == []
+
+
+def test_estimate_counts_exact_tokens_times_epochs_at_the_dated_price():
+    estimate = tuner(epochs=2).estimate(SAMPLE)
+    assert estimate.billable_tokens == 2 * 36_224
+    assert estimate.usd == pytest.approx(2 * 36_224 * 3.0 / 1e6)
+    assert "2026" in estimate.basis and not estimate.authoritative
+
+
+def test_missing_key_names_the_environment_variable():
+    t = Tuner("together", "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", show_progress=False)
+    with pytest.raises(MissingCredentials, match="TOGETHER_API_KEY"):
+        t.fit(SAMPLE)
+
+
+def test_warnings_in_the_data_are_reported_but_do_not_stop_the_estimate(tmp_path):
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:50]))
+    with pytest.warns(DatasetWarning, match="TP501"):
+        tuner().estimate(few)
+
+
+def test_holdout_file_that_leaks_into_training_is_warned_about(tmp_path):
+    holdout = tmp_path / "holdout.jsonl"
+    holdout.write_text(SAMPLE.read_text().splitlines(keepends=True)[5])
+    report = tuner().validate(SAMPLE, holdout=holdout)
+    assert [f["line"] for f in report.of("TP506")] == [6]
+
+
+def test_repr_of_a_tuner_shows_no_key():
+    t = tuner()
+    assert "test-key" not in repr(t) and "test-key" not in repr(t.provider)
+    assert json.dumps(t.hyperparameters.given()) == "{}"
