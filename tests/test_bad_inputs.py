@@ -107,3 +107,10 @@ def test_findings_per_code_are_capped_but_all_counted(tmp_path):
     report = validate(path, keep=10)
     assert report.counts["TP101"] == 500
     assert len(report.of("TP101")) == 10
+
+
+def test_docs_table_of_codes_matches_the_code_list():
+    from tests.conftest import ROOT
+    from tuneproxy.dataset.findings import codes_markdown
+
+    assert (ROOT / "docs" / "validation-codes.md").read_text() == codes_markdown()

@@ -77,6 +77,24 @@ CODES: dict[str, Code] = {c.code: c for c in _CODE_LIST}
 BY_NAME: dict[str, Code] = {c.name: c for c in _CODE_LIST}
 
 
+def codes_markdown() -> str:
+    """The table of every code, as ``docs/validation-codes.md`` holds it (a test keeps the two equal)."""
+    lines = [
+        "# Validation codes",
+        "",
+        "`tuneproxy validate` reports each problem under a stable code. A code's meaning never changes; new",
+        "codes get new numbers. Severity is the default: a service's own rules can make an unknown key or",
+        "message key an error where that service rejects it. TP0xx: the file; TP1xx: a line as JSON; TP2xx:",
+        "the example's shape; TP3xx: chat messages; TP4xx: preference pairs; TP5xx: the dataset as a whole;",
+        "TP6xx: what the text says.",
+        "",
+        "| code | name | severity | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| {c.code} | {c.name} | {c.severity} | {c.summary.replace('|', '/')} |" for c in _CODE_LIST]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One problem: its code, severity, 1-based line (0 for the whole file), JSON path and advice."""
