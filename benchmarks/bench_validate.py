@@ -23,7 +23,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-WORDS = ["order", "refund", "invoice", "charged", "twice", "account", "password", "login", "reset", "shipping", "delayed", "package", "tracking", "damaged", "replacement", "subscription", "cancel", "upgrade", "plan", "billing", "error", "crash", "update", "app", "feature", "request", "export", "report", "dashboard", "slow", "timeout", "api", "key", "rotate", "webhook", "sync", "mobile", "desktop", "please", "help", "urgent", "today", "yesterday", "again", "still", "not", "working", "thanks", "team", "support", "customer"]
+TEXT = (
+    "order refund invoice charged twice account password login reset shipping delayed package "
+    "tracking damaged replacement subscription cancel upgrade plan billing error crash update app "
+    "feature request export report dashboard slow timeout api key rotate webhook sync mobile "
+    "desktop please help urgent today yesterday again still not working thanks team support customer"
+)
+WORDS = TEXT.split()
+)
 
 
 def make_file(path: Path, n: int, seed: int = 7) -> None:

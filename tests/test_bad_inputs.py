@@ -64,7 +64,7 @@ def test_a_million_lines_stream_through_with_exact_counts(tmp_path):
     path = tmp_path / "million.jsonl"
     with path.open("w") as handle:
         for i in range(1_000_000):
-            handle.write('{"text":"n%d"}\n' % i)
+            handle.write(f'{{"text":"n{i}"}}\n')
     report = validate(path)
     assert report.stats.examples == 1_000_000
     assert report.ok

@@ -9,8 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import FIXTURES
-from tuneproxy import Job, JobStatus, Ledger, Tuner, TunedModel
-from tuneproxy import cli
+from tuneproxy import Job, JobStatus, Ledger, TunedModel, Tuner, cli
 from tuneproxy.errors import JobFailed
 from tuneproxy.recording import LostResponseTransport, ReplayTransport, cassette_path
 

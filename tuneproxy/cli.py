@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tuneproxy.errors import TuneproxyError
+from tuneproxy.errors import TuneproxyError, redact
 
 app = typer.Typer(
     name="tuneproxy",
@@ -320,8 +320,9 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if os.environ.get("TUNEPROXY_DEBUG"):
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. "
-                          "Set TUNEPROXY_DEBUG=1 for the traceback and please report it.", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(redact(str(exc)))}. "
+                          "Set TUNEPROXY_DEBUG=1 for the traceback and please report it.",
+                          highlight=False, soft_wrap=True)
         sys.exit(3)
     sys.exit(code if isinstance(code, int) else 0)
 

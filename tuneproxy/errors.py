@@ -21,10 +21,8 @@ _SECRET_PATTERNS = [
 def redact(text: str) -> str:
     """Replace anything shaped like an API key or bearer token with ``REDACTED``."""
     for pattern in _SECRET_PATTERNS:
-        if pattern.groups:
-            text = pattern.sub(lambda m: m.group(1) + "REDACTED", text)
-        else:
-            text = pattern.sub("REDACTED", text)
+        replacement = (lambda m: m.group(1) + "REDACTED") if pattern.groups else "REDACTED"
+        text = pattern.sub(replacement, text)
     return text
 
 

@@ -10,10 +10,10 @@ stored: rows hold only what the services returned and what the user asked for.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import sqlite3
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path

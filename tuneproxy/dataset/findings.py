@@ -58,7 +58,8 @@ _CODE_LIST = [
     Code("TP310", "unknown-message-key", "error", "A message key the service does not know."),
     Code("TP311", "tools-invalid", "error", "`tools` must be a list of function definitions."),
     # preference pairs
-    Code("TP401", "preference-input-invalid", "error", "`input.messages` must be a non-empty list ending in a non-assistant turn."),
+    Code("TP401", "preference-input-invalid", "error",
+         "`input.messages` must be a non-empty list ending in a non-assistant turn."),
     Code("TP402", "preference-output-invalid", "error", "Each output must be a list of exactly one assistant message."),
     # the dataset as a whole
     Code("TP501", "few-examples", "warning", "Fewer than 200 examples: too few to fine-tune reliably."),
