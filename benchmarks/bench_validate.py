@@ -30,7 +30,6 @@ TEXT = (
     "desktop please help urgent today yesterday again still not working thanks team support customer"
 )
 WORDS = TEXT.split()
-)
 
 
 def make_file(path: Path, n: int, seed: int = 7) -> None:
