@@ -134,3 +134,26 @@ def test_cli_fit_then_jobs_commands_round_trip(capsys, monkeypatch):
     assert code == 0 and "billed: $" in out and "test-key" not in out
     code, out, _ = run("jobs", "show", done["job_id"], "--offline", "--json")
     assert json.loads(out)["fine_tuned_model"] == done["fine_tuned_model"]
+
+
+@pytest.mark.parametrize("provider", ["together", "openai"])
+def test_cli_fit_with_a_wrong_key_is_a_clear_service_error_without_the_key(capsys, monkeypatch, provider,
+                                                                            isolated_home):
+    secret = "sk-this-key-is-wrong-0123456789abcdef" if provider == "openai" else "tgp_v1_wrongwrongwrongwrong0123"
+    monkeypatch.setenv("TUNEPROXY_CASSETTE", str(cassette_path(provider, "unauthorized")))
+    monkeypatch.setenv("TUNEPROXY_RECORD", "0")
+    monkeypatch.setenv(f"{provider.upper()}_API_KEY", secret)
+    sys.argv = ["tuneproxy", "fit", str(SAMPLE), "-p", provider, "-m", MODELS[provider], "--poll-interval", "0"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 3
+    assert "401" in err or "rejected" in err.lower() or "key" in err.lower()
+    assert secret not in out + err and "Traceback" not in out + err
+    ledger = Ledger()
+    intent = ledger.db.execute("SELECT intent_id FROM submissions").fetchone()[0]
+    assert ledger.submission(intent).state == "failed"
+    ledger.close()
+    for path in isolated_home.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

@@ -74,12 +74,11 @@ def create(name: str, *, api_key: str | None = None, require_key: bool = True, *
     cls = provider_class(name)
     env_key = cls.capabilities.env_key
     cassette = os.environ.get(CASSETTE_ENV)
+    replaying = bool(cassette) and os.environ.get("TUNEPROXY_RECORD") != "1"
     if cassette and "transport" not in options:
         options["transport"] = _cassette_transport(name, cassette)
-        if os.environ.get("TUNEPROXY_RECORD") != "1":
-            api_key = api_key or "replay-key"
     if api_key is None and env_key:
-        api_key = os.environ.get(env_key) or None
+        api_key = os.environ.get(env_key) or ("replay-key" if replaying else None)
         if api_key is None and require_key:
             raise MissingCredentials(cls.capabilities.display_name, env_key)
     return cls(api_key=api_key, **options)
