@@ -156,14 +156,6 @@ class OpenAIProvider(SDKProvider):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def check(self, spec: JobSpec) -> list[str]:
-        """OpenAI-specific problems: after the sunset date no job can be created."""
-        today = self.clock().date()
-        if today >= SUNSET:
-            return [f"OpenAI no longer accepts new fine-tuning jobs (since {SUNSET.isoformat()}). "
-                    "Choose another provider, e.g. --provider together."]
-        return []
-
     def upload(self, path: Path, purpose: Literal["train", "validation"] = "train") -> UploadedFile:
         """Upload a JSONL file with purpose ``fine-tune`` (sent once)."""
         path = Path(path)

@@ -238,14 +238,6 @@ def test_sunset_date_is_2027_01_06() -> None:
     assert OpenAIProvider.capabilities.sunset == dt.date(2027, 1, 6)
 
 
-def test_check_refuses_new_jobs_from_the_sunset_date_on() -> None:
-    def at(day: dt.date) -> OpenAIProvider:
-        return OpenAIProvider(api_key=KEY, clock=lambda: dt.datetime.combine(day, dt.time(), dt.timezone.utc))
-
-    assert at(dt.date(2027, 1, 5)).check(SPEC) == []
-    assert "2027-01-06" in at(dt.date(2027, 1, 6)).check(SPEC)[0]
-
-
 def test_estimate_is_tokens_times_epochs_times_price_and_not_authoritative() -> None:
     estimate = provider(None).estimate(Stats(examples=10, total_tokens=100_000), SPEC)
     assert estimate.billable_tokens == 300_000 and estimate.usd == pytest.approx(0.9)

@@ -153,6 +153,9 @@ class Tuner:
         """
         self.check_sunset()
         train, held, report = self._prepare(data, holdout, seed, stratify)
+        problems = self.provider.check(self._spec(training_file="", intent_id="", fmt=report.format or "chat"))
+        if problems:
+            raise ConfigError(" ".join(problems))
         estimate = self.provider.estimate(report.stats, self._spec(training_file="", intent_id=""))
         self._guard(estimate)
         fingerprint = self._fingerprint(train, held)
