@@ -116,7 +116,8 @@ jobs_app = typer.Typer(help="Follow fine-tuning jobs the ledger knows: list, sho
 app.add_typer(jobs_app, name="jobs")
 
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Read the ledger only; do not ask the service.")]
-PollOpt = Annotated[float, typer.Option("--poll-interval", min=0, help="Seconds between status checks.")]
+PollOpt = Annotated[float | None, typer.Option("--poll-interval", min=0,
+                                               help="Seconds between status checks (default: the provider's).")]
 
 
 def _holdout_value(value: str | None) -> Any:
@@ -162,7 +163,7 @@ def fit(
     stratify: Annotated[str | None, typer.Option(help="Metadata key to stratify the holdout by.")] = None,
     budget: Annotated[float | None, typer.Option(help="Refuse if the estimate is over this many USD.")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Submit and return the job id at once.")] = False,
-    poll_interval: PollOpt = 10.0,
+    poll_interval: PollOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate, estimate, upload and submit a fine-tuning job, then follow it to the end."""
@@ -204,7 +205,7 @@ def _job_table(records: list) -> Table:
     return table
 
 
-def _attach(job_id: str, poll_interval: float = 10.0):
+def _attach(job_id: str, poll_interval: float | None = None):
     from tuneproxy.jobs import Job
 
     return Job.attach(job_id, poll_interval=poll_interval)
@@ -276,7 +277,7 @@ def jobs_events(job_id: str, offline: OfflineOpt = False, as_json: JsonOpt = Fal
 
 
 @jobs_app.command("wait")
-def jobs_wait(job_id: str, poll_interval: PollOpt = 10.0, as_json: JsonOpt = False) -> None:
+def jobs_wait(job_id: str, poll_interval: PollOpt = None, as_json: JsonOpt = False) -> None:
     """Follow a job until it ends, with a live display. Exit 3 if it failed or was cancelled."""
     from tuneproxy.display import JobDisplay
 

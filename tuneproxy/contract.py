@@ -146,6 +146,7 @@ class Capabilities(BaseModel):
     sunset_note: str = ""
     price_per_million_training_tokens: Mapping[str, float] = Field(default_factory=dict)
     prices_as_of: str = ""
+    poll_seconds: float = Field(10.0, description="How often a waiting client should ask for the job's state.")
 
 
 class UploadedFile(BaseModel):

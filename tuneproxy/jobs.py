@@ -43,12 +43,13 @@ class Job:
 
     @classmethod
     def attach(cls, job_id: str, *, ledger: Ledger | None = None, api_key: str | None = None,
-               poll_interval: float = 10.0, **provider_options: Any) -> Job:
+               poll_interval: float | None = None, **provider_options: Any) -> Job:
         """Reattach to a job the ledger knows (after a restart), by id or unique id prefix."""
         ledger = ledger or Ledger()
         record = ledger.job(job_id)
         provider = registry.create(record.provider, api_key=api_key, **provider_options)
-        return cls(provider, record, ledger, poll_interval)
+        interval = provider.capabilities.poll_seconds if poll_interval is None else poll_interval
+        return cls(provider, record, ledger, interval)
 
     def refresh(self) -> JobRecord:
         """Ask the backend for the job's state; save it, and the final bill once the job has ended."""

@@ -72,12 +72,13 @@ class Tuner:
     """Fine-tunes ``model`` on ``provider`` with portable hyperparameters (``epochs=3``, ``lora_rank=16``…).
 
     Options: ``budget_usd`` refuses a job whose estimate is higher; ``poll_interval`` (seconds) paces
-    the wait; ``show_progress`` draws the live display; ``provider_options`` go to the provider
-    (e.g. an injected ``transport``); ``api_key`` overrides the provider's environment variable.
+    the wait (default: the provider's own cadence); ``show_progress`` draws the live display;
+    ``provider_options`` go to the provider (e.g. an injected ``transport``); ``api_key`` overrides the
+    provider's environment variable.
     """
 
     def __init__(self, provider: str, model: str, *, budget_usd: float | None = None,
-                 poll_interval: float = 10.0, show_progress: bool = True, api_key: str | None = None,
+                 poll_interval: float | None = None, show_progress: bool = True, api_key: str | None = None,
                  ledger: Ledger | None = None, clock: Any = utc_now,
                  provider_options: dict[str, Any] | None = None, **hyperparameters: Any) -> None:
         unknown = sorted(set(hyperparameters) - set(PORTABLE_HYPERPARAMETERS))
@@ -92,11 +93,11 @@ class Tuner:
         self.provider_name = provider
         self.model = model
         self.budget_usd = budget_usd
-        self.poll_interval = poll_interval
         self.show_progress = show_progress
         self.clock = clock
         self._ledger = ledger
         self._provider_class = registry.provider_class(provider)
+        self.poll_interval = self._provider_class.capabilities.poll_seconds if poll_interval is None else poll_interval
         self._provider_class.translate(self.hyperparameters, supported_by())
         self._api_key = api_key
         self._options = dict(provider_options or {})
