@@ -10,6 +10,13 @@ Facts this module relies on (see reference/providers-openai-together.md):
   whose answer was lost can be found by listing jobs.
 - ``create`` returns the output name as ``output_name``, ``retrieve`` as ``x_model_output_name``
   (both are the JSON key ``model_output_name``). ``total_price`` is in nano-dollars.
+- Job events carry steps but no losses. Losses come from ``GET /v1/fine-tunes/{id}/metrics``
+  (``fine_tuning.list_metrics``): ``{"metrics": [{name: number}]}``, oldest first, a flat row per logged
+  training step (``train/loss``, ``train/learning_rate``, ``train/epoch``, ``train/global_step``) and a
+  separate row per evaluation (``eval/loss``); every row has ``train/global_step`` (the SDK's own CLI
+  plots by it). A 404 there (a job older than the endpoint) is taken as no metrics.
+- A validation file is only evaluated if ``n_evals`` > 0 (the SDK sends 0): tuneproxy asks for one
+  evaluation per epoch unless ``options["n_evals"]`` says otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from tuneproxy.contract import (
     Stats,
     UploadedFile,
 )
+from tuneproxy.errors import ProviderError
 
 from ._sdk import ChatEndpoint, SDKProvider, http_clients, intent_tag, to_datetime
 
@@ -47,6 +55,11 @@ EVENT_LEVELS = {
     "warning": "warning", "error": "error", "legacy_iwarning": "warning", "legacy_ierror": "error",
 }
 FAILURE_EVENT_TYPES = frozenset({"job_error", "billing_limit"})
+# After any of these no training step is logged any more, so every metrics point is final.
+END_OF_TRAINING_EVENT_TYPES = frozenset(
+    {"training_complete", "early_stopped", "job_complete", "job_error", "job_stopped"}
+)
+STEP_KEY, EPOCH_KEY, TRAIN_LOSS_KEY, VALID_LOSS_KEY = "train/global_step", "train/epoch", "train/loss", "eval/loss"
 
 CAPABILITIES = Capabilities(
     display_name="Together AI",
@@ -153,7 +166,8 @@ class TogetherProvider(SDKProvider):
         return UploadedFile(id=f.id, filename=f.filename or path.name, bytes=f.bytes or 0, purpose=purpose)
 
     def create_arguments(self, spec: JobSpec) -> dict[str, Any]:
-        """The keyword arguments for ``fine_tuning.create``: only what was given, plus the intent tag."""
+        """The keyword arguments for ``fine_tuning.create``: what was given, the intent tag, and with a
+        validation file the number of evaluations (without one Together never evaluates it)."""
         given = self.translate(spec.hyperparameters)
         names = {"epochs": "n_epochs", "learning_rate": "learning_rate", "batch_size": "batch_size",
                  "max_seq_length": "max_seq_length", "warmup_ratio": "warmup_ratio",
@@ -169,6 +183,8 @@ class TogetherProvider(SDKProvider):
             suffix=job_suffix(given.get("suffix"), spec.intent_id),
             training_method="dpo" if spec.format == "preference" else "sft",
         )
+        if spec.validation_file:
+            kwargs["n_evals"] = n_evals(spec)
         if spec.format != "preference":
             kwargs["train_on_inputs"] = spec.options.get("train_on_inputs", "auto")
         return kwargs
@@ -185,10 +201,21 @@ class TogetherProvider(SDKProvider):
         return self._record(job)
 
     def events(self, job_id: str, after: str | None = None) -> list[JobEvent]:
-        """Events after ``after``, oldest first. Together events have no ids: their position is one."""
+        """The job's events and loss metrics newer than event id ``after``, oldest first.
+
+        Two reads: the job events (no ids, so the position is one: ``ev-00007``) and the metrics, one
+        event per step (``metrics-<step>``: its training and evaluation rows merged). Metrics rows carry
+        no time, so they are merged by step: a point goes just before the first job event that reports a
+        later step or the end of training, and takes that event's time; until then (it may still gain
+        its evaluation row) it waits for a later poll. The merged list thus only grows at its end, and
+        the events newer than ``after`` are exactly those after it. An id this job does not have gives
+        every event (the ledger keeps one copy of each id); a 404 from the metrics endpoint (a job older
+        than it) gives the job events alone.
+        """
         page = self._read(f"read events of {job_id}", lambda: self.client.fine_tuning.list_events(job_id))
-        start = int(after.rsplit("-", 1)[-1]) + 1 if after else 0
-        return [self._event(i, e) for i, e in enumerate(page.data) if i >= start]
+        merged = self._merge(page.data, self._metric_points(job_id))
+        ids = [event.id for event in merged]
+        return merged[ids.index(after) + 1:] if after in ids else merged
 
     def cancel(self, job_id: str) -> JobRecord:
         """Ask Together to cancel the job (it reports ``cancel_requested`` until it has stopped)."""
@@ -228,7 +255,7 @@ class TogetherProvider(SDKProvider):
             "training_file": spec.training_file, "model": spec.model, "n_epochs": epochs,
         }
         if spec.validation_file:
-            kwargs["validation_file"] = spec.validation_file
+            kwargs.update(validation_file=spec.validation_file, n_evals=n_evals(spec))
         if spec.format == "preference":
             kwargs["training_method"] = {"method": "dpo"}
         else:
@@ -296,11 +323,63 @@ class TogetherProvider(SDKProvider):
             message=event.message, step=event.step, total_steps=event.total_steps,
         )
 
+    def _metric_points(self, job_id: str) -> dict[int, dict[str, float]]:
+        """The job's metrics rows by step, training and evaluation rows of one step merged."""
+        try:
+            answer = self._read(f"read metrics of {job_id}",
+                                lambda: self.client.fine_tuning.list_metrics(job_id))
+        except ProviderError as exc:
+            if exc.status_code == 404:
+                return {}
+            raise
+        points: dict[int, dict[str, float]] = {}
+        for row in answer.metrics or []:
+            if row.get(STEP_KEY) is not None:
+                points.setdefault(int(row[STEP_KEY]), {}).update(row)
+        return points
+
+    def _merge(self, events: list[Any], points: dict[int, dict[str, float]]) -> list[JobEvent]:
+        """Job events in order, each preceded by the metrics points it makes final (see :meth:`events`)."""
+        merged: list[JobEvent] = []
+        waiting, total = sorted(points), None
+        for index, event in enumerate(events):
+            total = event.total_steps or total
+            if str(event.type) in END_OF_TRAINING_EVENT_TYPES:
+                final, waiting = waiting, []
+            elif event.step is not None:
+                final = [step for step in waiting if step < event.step]
+                waiting = [step for step in waiting if step >= event.step]
+            else:
+                final = []
+            merged += [e for step in final if (e := _metric_event(step, points[step], event, total))]
+            merged.append(self._event(index, event))
+        return merged
+
 
 def job_suffix(user_suffix: str | None, intent_id: str) -> str:
     """The model suffix sent to Together: the user's suffix (if any) and the intent tag."""
     tag = intent_tag(intent_id)
     return f"{user_suffix}-{tag}" if user_suffix else tag
+
+
+def n_evals(spec: JobSpec) -> int:
+    """Evaluations of the validation file during training: ``options["n_evals"]``, else one per epoch."""
+    given = spec.options.get("n_evals")
+    return int(given) if given is not None else spec.hyperparameters.epochs or DEFAULT_EPOCHS
+
+
+def _metric_event(step: int, point: dict[str, float], final_at: Any, total: int | None) -> JobEvent | None:
+    """One step's losses as an event at the time of the job event that made it final; None without a loss."""
+    train, valid = point.get(TRAIN_LOSS_KEY), point.get(VALID_LOSS_KEY)
+    if train is None and valid is None:
+        return None
+    losses = ", ".join(f"{name} loss={value:.4f}" for name, value in (("training", train), ("validation", valid))
+                       if value is not None)
+    return JobEvent(
+        id=f"metrics-{step}", time=to_datetime(final_at.created_at),
+        message=f"Step {step}{f'/{total}' if total else ''}: {losses}", step=step, total_steps=total,
+        epoch=point.get(EPOCH_KEY), train_loss=train, valid_loss=valid,
+    )
 
 
 def table_price(model: str, *, preference: bool = False) -> float | None:

@@ -60,6 +60,7 @@ def together_routes() -> list[tuple[str, str, Callable[[Any], Any]]]:
         ("GET", r"/v1/fine-tunes", lambda c: c.fine_tuning.list()),
         ("GET", r"/v1/fine-tunes/[^/]+", lambda c: c.fine_tuning.retrieve("j")),
         ("GET", r"/v1/fine-tunes/[^/]+/events", lambda c: c.fine_tuning.list_events("j")),
+        ("GET", r"/v1/fine-tunes/[^/]+/metrics", lambda c: c.fine_tuning.list_metrics("j")),
         ("POST", r"/v1/fine-tunes/[^/]+/cancel", lambda c: c.fine_tuning.cancel("j")),
         ("POST", r"/v1/chat/completions", lambda c: c.chat.completions.create(model="m", messages=MESSAGES)),
     ]

@@ -61,6 +61,19 @@ def test_openai_metrics_reach_the_tuned_model():
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+def test_together_metrics_reach_the_tuned_model():
+    transport = ReplayTransport(cassette_path("together", "fit_happy_path"))
+    tuned = make_tuner("together", transport).fit(SAMPLE, holdout=0.1)
+    steps = [(m.step, m.train_loss is not None, m.valid_loss is not None) for m in tuned.metrics]
+    # train/* logged every 9 steps; one evaluation of the validation file per epoch (n_evals=3)
+    assert steps == [(step, True, step in (45, 90, 135)) for step in range(9, 136, 9)]
+    evaluated = [(m.step, m.epoch, m.valid_loss) for m in tuned.metrics if m.valid_loss is not None]
+    assert evaluated == [(45, 1.0, 0.6418), (90, 2.0, 0.4733), (135, 3.0, 0.4406)]
+    assert (tuned.metrics[0].train_loss, tuned.metrics[-1].train_loss) == (1.3469, 0.3068)
+    assert tuned.record.trained_tokens == 98043
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("provider", ["openai", "together"])
 def test_failed_job_gives_the_services_message_verbatim(provider):
     transport = ReplayTransport(cassette_path(provider, "fit_failed"))

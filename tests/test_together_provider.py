@@ -12,7 +12,15 @@ from tuneproxy.providers.together import TogetherProvider, job_suffix
 from tuneproxy.contract import Hyperparameters, JobSpec, JobStatus, Stats
 from tuneproxy.dataset.examples import Example
 from tuneproxy.errors import AuthenticationFailed, SubmissionUncertain
-from tuneproxy.recording import LostResponseTransport, ReplayTransport, cassette_path
+from tuneproxy.recording import (
+    Cassette,
+    Interaction,
+    JsonBody,
+    LostResponseTransport,
+    RecordedResponse,
+    ReplayTransport,
+    cassette_path,
+)
 
 INTENT = "8f14e45f-ceea-467f-a0e6-7ef1c2a9b001"
 JOB = "ft-3c1f9a2e-7b4d-4e8a-9f01-5d6c7b8a9e0f"
@@ -153,8 +161,38 @@ def test_the_output_name_is_read_from_create_and_from_retrieve(happy: dict[str, 
 
 
 def test_events_carry_steps_in_order(happy: dict[str, Any]) -> None:
-    steps = [(e.step, e.total_steps) for e in happy["events"] if e.step is not None]
+    steps = [(e.step, e.total_steps) for e in happy["events"] if e.id.startswith("ev-") and e.step is not None]
     assert steps == [(42, 126), (84, 126), (126, 126)]
+
+
+def test_events_read_the_metrics_too_and_carry_the_training_loss_of_each_logged_step(
+    happy: dict[str, Any],
+) -> None:
+    assert paths(happy["transport"])[8:10] == [
+        ("GET", f"/v1/fine-tunes/{JOB}/events"),
+        ("GET", f"/v1/fine-tunes/{JOB}/metrics"),
+    ]
+    metrics = [e for e in happy["events"] if e.id.startswith("metrics-")]
+    assert [e.step for e in metrics] == list(range(7, 127, 7))  # train/* is logged every 7 steps
+    assert all(e.train_loss is not None and e.valid_loss is None for e in metrics)  # no validation file
+    first, last = metrics[0], metrics[-1]
+    assert (first.id, first.train_loss, first.epoch, first.total_steps) == ("metrics-7", 1.3946, 0.1667, 126)
+    assert (last.id, last.train_loss, last.epoch) == ("metrics-126", 0.3303, 3.0)
+    assert first.message == "Step 7/126: training loss=1.3946"
+
+
+def test_each_metrics_point_comes_just_before_the_job_event_that_made_it_final(happy: dict[str, Any]) -> None:
+    ids = [e.id for e in happy["events"]]
+    # A point is final once Together reports a later step (epoch_complete 42, 84, 126) or training ends.
+    assert ids == [
+        "ev-00000", "ev-00001", "ev-00002",
+        *(f"metrics-{s}" for s in (7, 14, 21, 28, 35)), "ev-00003",
+        *(f"metrics-{s}" for s in (42, 49, 56, 63, 70, 77)), "ev-00004",
+        *(f"metrics-{s}" for s in (84, 91, 98, 105, 112, 119)), "ev-00005",
+        "metrics-126", "ev-00006", "ev-00007",
+    ]
+    by_id = {e.id: e for e in happy["events"]}
+    assert by_id["metrics-35"].time == by_id["ev-00003"].time  # it takes that event's time
 
 
 def test_a_completed_job_reports_total_price_in_dollars(happy: dict[str, Any]) -> None:
@@ -167,22 +205,86 @@ def test_the_output_model_answers_a_chat_completion(happy: dict[str, Any]) -> No
     assert completion.text == "2 plus 2 is 4." and completion.usage.completion_tokens == 9
 
 
-def test_events_after_an_id_returns_only_newer_ones() -> None:
-    from tuneproxy.recording import Cassette
-
-    listing = Cassette.load(cassette_path("together", "happy_path")).interactions[8]
-    transport = ReplayTransport(
+def scripted(*interactions: Interaction) -> ReplayTransport:
+    return ReplayTransport(
         Cassette(
             provider="together",
-            scenario="events_twice",
-            description="d",
+            scenario="scripted",
+            description="interactions taken from the authored cassettes",
             source="authored from API reference",
-            interactions=[listing, listing],
+            interactions=list(interactions),
         )
     )
-    p = provider(transport)
+
+
+def events_polls(scenario: str) -> list[tuple[Interaction, Interaction]]:
+    """Each [GET events, GET metrics] pair of a cassette, in order."""
+    cassette = Cassette.load(cassette_path("together", scenario)).interactions
+    return [
+        (i, cassette[n + 1])
+        for n, i in enumerate(cassette)
+        if i.request.method == "GET" and i.request.url.endswith("/events")
+    ]
+
+
+def test_events_after_an_id_returns_only_newer_ones() -> None:
+    ((listing, metrics),) = events_polls("happy_path")
+    p = provider(scripted(listing, metrics, listing, metrics, listing, metrics))
     first = p.events(JOB)
-    assert [e.message for e in p.events(JOB, after=first[5].id)] == [e.message for e in first[6:]]
+    assert (first[2].id, first[9].id) == ("ev-00002", "metrics-42")
+    for cut in (2, 9):  # after a job event, after a metrics point
+        assert [e.id for e in p.events(JOB, after=first[cut].id)] == [e.id for e in first[cut + 1:]]
+
+
+def test_polling_with_the_cursor_gives_each_event_once_with_the_losses_at_their_steps() -> None:
+    """The three polls of the Tuner-level happy path (validation file, n_evals=3), cursor = last id seen."""
+    polls = events_polls("fit_happy_path")
+    final = polls[-1]
+    transport = scripted(*(i for poll in polls for i in poll), *final, *final)
+    p = provider(transport, strict_responses=True)
+    job, after, batches = "ft-5b2e8d1c-4a7f-4e3b-9c6d-2f1a0e9b8c7d", None, []
+    for _ in polls:
+        batches.append(p.events(job, after))
+        after = batches[-1][-1].id if batches[-1] else after
+    seen = [e for batch in batches for e in batch]
+    assert len({e.id for e in seen}) == len(seen)  # no duplicates
+    assert p.events(job, after) == []  # nothing new since
+    assert [e.id for e in p.events(job)] == [e.id for e in seen]  # and nothing missed
+    transport.assert_all_played()
+    points = [[(e.step, e.train_loss, e.valid_loss) for e in b if e.id.startswith("metrics-")] for b in batches]
+    # A point waits for a later step: the evaluation at the end of an epoch arrives with the next epoch.
+    assert [[step for step, _, _ in batch] for batch in points] == [
+        [9, 18, 27, 36], [45, 54, 63, 72, 81], [90, 99, 108, 117, 126, 135],
+    ]
+    valid = {step: v for batch in points for step, _, v in batch if v is not None}
+    assert valid == {45: 0.6418, 90: 0.4733, 135: 0.4406}
+    assert all(t is not None for batch in points for _, t, _ in batch)
+    assert points[0][0] == (9, 1.3469, None) and points[2][-1] == (135, 0.3068, 0.4406)
+
+
+def test_a_job_older_than_the_metrics_endpoint_gives_its_job_events_alone() -> None:
+    ((listing, metrics),) = events_polls("happy_path")
+    not_found = Interaction(
+        request=metrics.request,
+        response=RecordedResponse(
+            status=404,
+            headers={"content-type": "application/json"},
+            body=JsonBody(json={"error": {"message": "No metrics found for this job", "type": "not_found"}}),
+        ),
+    )
+    transport = scripted(listing, not_found)
+    events = provider(transport).events(JOB)  # never sleeps: a 404 is not retried
+    transport.assert_all_played()
+    assert [e.id for e in events] == [f"ev-{i:05d}" for i in range(8)]
+    assert all(e.train_loss is None for e in events)
+
+
+def test_a_validation_file_is_evaluated_once_per_epoch_unless_told_otherwise() -> None:
+    spec = SPEC.model_copy(update={"validation_file": "file-v"})
+    assert provider(None).create_arguments(spec)["n_evals"] == 3
+    told = spec.model_copy(update={"options": {"n_evals": 6}})
+    assert provider(None).create_arguments(told)["n_evals"] == 6
+    assert "n_evals" not in provider(None).create_arguments(SPEC)
 
 
 def test_a_failed_job_carries_the_service_message_verbatim() -> None:
