@@ -52,6 +52,7 @@ class JobFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._event_total: int | None = None  # counted once, then kept: one writer at a time
 
     @property
     def job_id(self) -> str:
@@ -77,7 +78,10 @@ class JobFiles:
 
     def append_event(self, message: str, level: str = "info", **metrics: Any) -> dict[str, Any]:
         """Add one event; ids are zero-padded sequence numbers, so they sort as strings."""
-        event = {"id": f"{self._event_count() + 1:08d}", "time": now_iso(), "level": level,
+        if self._event_total is None:
+            self._event_total = self._event_count()
+        self._event_total += 1
+        event = {"id": f"{self._event_total:08d}", "time": now_iso(), "level": level,
                  "message": message, **{k: v for k, v in metrics.items() if v is not None}}
         with self.path(EVENTS_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(event) + "\n")

