@@ -293,6 +293,33 @@ class SDKProvider(Provider):
     response against the SDK's types; for checking fixtures).
     """
 
+    # Which SDK and HTTP library, set by each subclass: ("openai", "OpenAI", "AsyncOpenAI", "httpx2").
+    SDK: tuple[str, str, str, str]
+    _client: Any = None
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the SDK client besides the HTTP client and retries."""
+        raise NotImplementedError
+
+    def _build(self, asynchronous: bool) -> Any:
+        module_name, sync_name, async_name, library = self.SDK
+        module = __import__(module_name)
+        sync_http, async_http = http_clients(library, self.transport, float(self.options.get("timeout", 120.0)))
+        cls = getattr(module, async_name if asynchronous else sync_name)
+        # SDK retries off: they would retry a job-creating POST with no idempotency key
+        return cls(max_retries=0, http_client=async_http if asynchronous else sync_http, **self._client_kwargs())
+
+    @property
+    def client(self) -> Any:
+        """The SDK's sync client on the injected transport (built on first use)."""
+        if self._client is None:
+            self._client = self._build(asynchronous=False)
+        return self._client
+
+    def _async_client(self) -> Any:
+        """A fresh async client (the chat endpoint makes one per event loop)."""
+        return self._build(asynchronous=True)
+
     def _sdk_errors(self) -> tuple[type[BaseException], tuple[type[BaseException], ...]]:
         """(the SDK's root API error, its connection/timeout errors)."""
         raise NotImplementedError

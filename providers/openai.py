@@ -29,7 +29,7 @@ from tuneproxy.contract import (
     UploadedFile,
 )
 
-from ._sdk import ChatEndpoint, SDKProvider, http_clients, price_for, to_datetime
+from ._sdk import ChatEndpoint, SDKProvider, price_for, to_datetime
 
 INTENT_KEY = "tuneproxy_intent"
 DEFAULT_EPOCHS = 3  # what "auto" usually picks for a few hundred examples; stated in every estimate
@@ -120,7 +120,7 @@ class OpenAIProvider(SDKProvider):
     }
     DOCUMENTED_UNMAPPED: ClassVar[frozenset[str]] = frozenset({"pausing", "paused"})
 
-    _client: Any = None
+    SDK = ("openai", "OpenAI", "AsyncOpenAI", "httpx2")
 
     # ------------------------------------------------------------------ clients
 
@@ -137,22 +137,6 @@ class OpenAIProvider(SDKProvider):
             "project": self.options.get("project"),
             "_strict_response_validation": bool(self.options.get("strict_responses", False)),
         }
-
-    @property
-    def client(self) -> Any:
-        """The sync ``openai.OpenAI`` client (built on first use; SDK retries off)."""
-        if self._client is None:
-            import openai
-
-            http, _ = http_clients("httpx2", self.transport, float(self.options.get("timeout", 120.0)))
-            self._client = openai.OpenAI(max_retries=0, http_client=http, **self._client_kwargs())
-        return self._client
-
-    def _async_client(self) -> Any:
-        import openai
-
-        _, http = http_clients("httpx2", self.transport, float(self.options.get("timeout", 120.0)))
-        return openai.AsyncOpenAI(max_retries=0, http_client=http, **self._client_kwargs())
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -40,7 +40,7 @@ from tuneproxy.contract import (
 )
 from tuneproxy.errors import ProviderError
 
-from ._sdk import ChatEndpoint, SDKProvider, http_clients, intent_tag, to_datetime
+from ._sdk import ChatEndpoint, SDKProvider, intent_tag, to_datetime
 
 NANO = 1_000_000_000
 DEFAULT_EPOCHS = 1  # the SDK's default n_epochs
@@ -121,7 +121,7 @@ class TogetherProvider(SDKProvider):
         "completed": JobStatus.SUCCEEDED,
     }
 
-    _client: Any = None
+    SDK = ("together", "Together", "AsyncTogether", "httpx")
 
     # ------------------------------------------------------------------ clients
 
@@ -139,22 +139,6 @@ class TogetherProvider(SDKProvider):
             if self.options.get(key):
                 kwargs[key] = self.options[key]
         return kwargs
-
-    @property
-    def client(self) -> Any:
-        """The sync ``together.Together`` client (built on first use; SDK retries off)."""
-        if self._client is None:
-            import together
-
-            http, _ = http_clients("httpx", self.transport, float(self.options.get("timeout", 120.0)))
-            self._client = together.Together(max_retries=0, http_client=http, **self._client_kwargs())
-        return self._client
-
-    def _async_client(self) -> Any:
-        import together
-
-        _, http = http_clients("httpx", self.transport, float(self.options.get("timeout", 120.0)))
-        return together.AsyncTogether(max_retries=0, http_client=http, **self._client_kwargs())
 
     # ------------------------------------------------------------------ lifecycle
 
