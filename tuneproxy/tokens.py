@@ -162,12 +162,13 @@ class TiktokenCounter:
     def __post_init__(self) -> None:
         self.encoding = tiktoken_encoding(self.encoding_name)
         self.name = f"tiktoken {self.encoding_name}"
-        self._roles: dict[str, int] = {}
+        self._known: dict[str, int] = {}
 
-    def _role(self, role: str) -> int:
-        count = self._roles.get(role)
-        if count is None:
-            count = self._roles[role] = len(self.encoding.encode_ordinary(role))
+    def _remember(self, text: str) -> int:
+        """Count a text that repeats across a dataset (a role, a system prompt) once."""
+        if len(self._known) >= 4096:
+            self._known.clear()
+        count = self._known[text] = len(self.encoding.encode_ordinary(text))
         return count
 
     def count_texts(self, texts: Sequence[str]) -> list[int]:
@@ -177,26 +178,25 @@ class TiktokenCounter:
 
     def count_batch(self, conversations: Sequence[Sequence[Message]]) -> list[int]:
         """The cookbook's count: every role, name and content encoded, plus the chat overhead."""
-        texts: list[str] = []
-        sizes: list[int] = []
-        fixed: list[int] = []
+        encode, known = self.encoding.encode_ordinary, self._known
+        totals = []
         for messages in conversations:
-            before = len(texts)
-            overhead = TOKENS_PER_MESSAGE * len(messages) + REPLY_PRIMING
+            total = TOKENS_PER_MESSAGE * len(messages) + REPLY_PRIMING
             for m in messages:
-                if isinstance(m, Mapping):
-                    overhead += self._role(str(m.get("role", "")))
-                    texts.append(_message_text(m))
-                    if m.get("name"):
-                        texts.append(str(m["name"]))
-                        overhead += TOKENS_PER_NAME
-            sizes.append(len(texts) - before)
-            fixed.append(overhead)
-        counts = self.count_texts(texts)
-        totals, i = [], 0
-        for size, overhead in zip(sizes, fixed):
-            totals.append(sum(counts[i : i + size]) + overhead)
-            i += size
+                if not isinstance(m, Mapping):
+                    continue
+                role = str(m.get("role", ""))
+                total += known[role] if role in known else self._remember(role)
+                content = m.get("content")
+                if not isinstance(content, str) or m.get("tool_calls"):
+                    total += len(encode(_message_text(m)))
+                elif role == "system":
+                    total += known[content] if content in known else self._remember(content)
+                else:
+                    total += len(encode(content))
+                if m.get("name"):
+                    total += len(encode(str(m["name"]))) + TOKENS_PER_NAME
+            totals.append(total)
         return totals
 
 
