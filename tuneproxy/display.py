@@ -29,13 +29,18 @@ class JobDisplay:
     def __enter__(self) -> JobDisplay:
         if self.enabled:
             self.progress.start()
-            self.task = self.progress.add_task("submitting", total=None, detail="")
+            self.task = self.progress.add_task("starting", total=None, detail="")
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self.enabled:
             self.progress.stop()
+
+    def stage(self, text: str) -> None:
+        """Show what is happening before the job exists (validating, uploading, submitting)."""
+        if self.enabled and self.task is not None:
+            self.progress.update(self.task, description=text)
 
     def __call__(self, record: JobRecord, fresh: list[JobEvent]) -> None:
         for event in fresh:

@@ -161,17 +161,17 @@ class Tuner:
         self._guard(estimate)
         fingerprint = self._fingerprint(train, held)
         pending = self.ledger.unfinished_intent(self.provider_name, fingerprint)
-        found = self._reconcile(pending.intent_id) if pending else None
-        if found is not None:
-            job = Job(self.provider, found, self.ledger, self.poll_interval)
-        else:
-            intent_id = pending.intent_id if pending else self.ledger.record_intent(
-                self.provider_name, self.model, fingerprint, self._request(data, train, held)).intent_id
-            self.ledger.record_estimate(estimate, intent_id)
-            job = self._submit(intent_id, train, held, report)
-        if not wait:
-            return job
         with JobDisplay(enabled=self.show_progress) as display:
+            found = self._reconcile(pending.intent_id) if pending else None
+            if found is not None:
+                job = Job(self.provider, found, self.ledger, self.poll_interval)
+            else:
+                intent_id = pending.intent_id if pending else self.ledger.record_intent(
+                    self.provider_name, self.model, fingerprint, self._request(data, train, held)).intent_id
+                self.ledger.record_estimate(estimate, intent_id)
+                job = self._submit(intent_id, train, held, report, display)
+            if not wait:
+                return job
             job.wait(on_update=display)
         return job.result()
 
@@ -230,17 +230,20 @@ class Tuner:
             self.ledger.mark_submission(intent_id, "submitted", job_id=found.job_id)
         return found
 
-    def _upload(self, intent_id: str, examples: list[Example], purpose: str) -> UploadedFile:
+    def _upload(self, intent_id: str, examples: list[Example], purpose: str, display: JobDisplay) -> UploadedFile:
         path = self.ledger.path.parent / "uploads" / intent_id / f"{purpose}.jsonl"
-        write_jsonl(examples, path, self.provider.serialize)
+        size = write_jsonl(examples, path, self.provider.serialize)
+        display.stage(f"uploading {purpose} data to {self.provider_name} ({len(examples)} examples, {size:,} bytes)")
         return self.provider.upload(path, purpose)  # type: ignore[arg-type]
 
-    def _submit(self, intent_id: str, train: list[Example], held: list[Example], report: Report) -> Job:
+    def _submit(self, intent_id: str, train: list[Example], held: list[Example], report: Report,
+                display: JobDisplay) -> Job:
         fmt = report.format or "chat"
         try:
-            training = self._upload(intent_id, train, "train")
-            validation = self._upload(intent_id, held, "validation") if held else None
+            training = self._upload(intent_id, train, "train", display)
+            validation = self._upload(intent_id, held, "validation", display) if held else None
             spec = self._spec(training.id, intent_id, validation.id if validation else None, fmt)
+            display.stage(f"estimating and submitting to {self.provider_name}")
             refined = self.provider.estimate(report.stats, spec)
             if refined.authoritative:
                 self.ledger.record_estimate(refined, intent_id)
