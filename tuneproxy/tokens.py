@@ -171,13 +171,12 @@ class TiktokenCounter:
         count = self._known[text] = len(self.encoding.encode_ordinary(text))
         return count
 
-    def count_texts(self, texts: Sequence[str]) -> list[int]:
-        # a plain loop: encode_ordinary_batch spends more on its thread pool than on encoding short texts
-        encode = self.encoding.encode_ordinary
-        return [len(encode(text)) for text in texts]
-
     def count_batch(self, conversations: Sequence[Sequence[Message]]) -> list[int]:
-        """The cookbook's count: every role, name and content encoded, plus the chat overhead."""
+        """The cookbook's count: every role, name and content encoded, plus the chat overhead.
+
+        A plain loop over ``encode_ordinary``: ``encode_ordinary_batch`` spends more on its thread pool
+        than on encoding texts this short.
+        """
         encode, known = self.encoding.encode_ordinary, self._known
         totals = []
         for messages in conversations:

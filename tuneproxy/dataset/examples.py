@@ -105,9 +105,7 @@ class Example:
                 if isinstance(msg, dict):
                     yield content_text(msg.get("content"))
 
-    def fingerprint(self, fold: bool = False) -> str:
-        """A key equal for equal examples; ``fold`` also ignores whitespace and case (leakage check)."""
+    def folded(self) -> str:
+        """The conversation's roles and texts with whitespace and case folded: equal for near-copies."""
         text = "\x1e".join(f"{m.get('role')}\x1f{content_text(m.get('content'))}" for m in self.messages())
-        if fold:
-            text = " ".join(text.split()).casefold()
-        return text
+        return " ".join(text.split()).casefold()

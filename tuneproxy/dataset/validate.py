@@ -99,7 +99,7 @@ def _duplicates(paths: list[str], limit: int) -> list[tuple[int, list[int]]]:
 
 def fingerprint_hash(example: Example, fold: bool = False) -> int:
     """A 64-bit key equal for equal conversations; ``fold`` also ignores whitespace and case."""
-    data = example.fingerprint(True).encode() if fold else orjson.dumps(example.messages())
+    data = example.folded().encode() if fold else orjson.dumps(example.messages())
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big", signed=True)
 
 
