@@ -47,7 +47,7 @@ def estimates(console: Console) -> None:
     for name in ("openai", "together", "fireworks"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tuner = Tuner(name, MODELS[name], epochs=3, api_key="not-needed-for-an-estimate", show_progress=False)
+            tuner = Tuner(name, MODELS[name], epochs=3, show_progress=False)
             estimate = tuner.estimate(SAMPLE)
         usd = "unknown" if estimate.usd is None else f"{estimate.usd:.4f}"
         table.add_row(name, MODELS[name], usd, estimate.basis)

@@ -67,8 +67,7 @@ class ProfileOnlyProvider(Provider):
         if price is None:
             return CostEstimate(provider=self.name, model=spec.model, usd=None, billable_tokens=tokens,
                                 basis=f"no price known for {spec.model}; see {caps.display_name}'s pricing page")
-        bound = "" if stats.exact else f" (token count ±{stats.error_bound:.0%})"
         return CostEstimate(
             provider=self.name, model=spec.model, usd=round(tokens * price / 1e6, 4), billable_tokens=tokens,
-            basis=f"{tokens:,} tokens × ${price}/1M (price list as of {caps.prices_as_of}){bound}",
+            basis=f"{tokens:,} tokens × ${price}/1M (price list as of {caps.prices_as_of}).",
         )

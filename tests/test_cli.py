@@ -121,3 +121,14 @@ def test_validate_works_with_torch_unavailable(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["stats"]["examples"] == 400
+
+
+def test_estimate_prints_the_figure_and_its_basis_as_json(capsys):
+    code, out, _ = run(capsys, "estimate", SAMPLE, "-p", "openai", "-m", "gpt-4o-mini", "--epochs", "2", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["billable_tokens"] == 2 * 36_224 and data["authoritative"] is False
+
+
+def test_fit_option_must_be_key_equals_value(capsys):
+    code, _, err = run(capsys, "fit", SAMPLE, "-p", "local", "-m", "smollm2", "-o", "bogus")
+    assert code == 2 and "KEY=VALUE" in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.local_helpers import build_model_folder, ticket_records, ticket_words
-from tuneproxy import JobStatus, Ledger, Tuner, TunedModel
+from tuneproxy import JobStatus, Ledger, TunedModel, Tuner
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")

@@ -124,3 +124,12 @@ def test_repr_of_a_tuner_shows_no_key():
     t = tuner()
     assert "test-key" not in repr(t) and "test-key" not in repr(t.provider)
     assert json.dumps(t.hyperparameters.given()) == "{}"
+
+
+def test_estimate_for_an_open_model_states_the_token_count_error_bound():
+    estimate = Tuner("together", "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", epochs=3).estimate(SAMPLE)
+    assert estimate.usd is not None and "±25%" in estimate.basis
+
+
+def test_estimate_needs_no_api_key():
+    assert Tuner("openai", "gpt-4o-mini", epochs=1).estimate(SAMPLE).billable_tokens == 36_224

@@ -143,6 +143,49 @@ def _warnings_shown():
                 err_console.print(f"[yellow]warning:[/] {escape(str(item.message))}", highlight=False, soft_wrap=True)
 
 
+OptionOpt = Annotated[list[str] | None, typer.Option(
+    "--option", "-o", help="Backend setting KEY=VALUE (repeatable), e.g. -o quantization=nf4 for local.")]
+
+
+def _options(pairs: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a value that parses as JSON (numbers, true, lists) is taken as such."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+@app.command()
+def estimate(
+    data: Annotated[Path, typer.Argument(help="Training data, JSONL.")],
+    provider: Annotated[str, typer.Option("--provider", "-p", help="Where it would train.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model.")],
+    epochs: Annotated[int | None, typer.Option(help="Passes over the data.")] = None,
+    option: OptionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What fine-tuning on DATA would cost, before anything is uploaded or paid."""
+    from tuneproxy.tuner import Tuner
+
+    params = {"epochs": epochs} if epochs else {}
+    with _warnings_shown():
+        tuner = Tuner(provider, model, show_progress=False, provider_options=_options(option), **params)
+        result = tuner.estimate(data)
+    if as_json:
+        _print_json(result.model_dump(mode="json"))
+        return
+    usd = "unknown" if result.usd is None else f"${result.usd:.4f}"
+    console.print(f"[bold]{usd}[/] for {result.billable_tokens or 0:,} billable tokens on {provider} "
+                  f"({'from the service' if result.authoritative else 'estimated locally'}): "
+                  f"{escape(result.basis)}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def fit(
     data: Annotated[Path, typer.Argument(help="Training data, JSONL.")],
@@ -164,6 +207,7 @@ def fit(
     budget: Annotated[float | None, typer.Option(help="Refuse if the estimate is over this many USD.")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Submit and return the job id at once.")] = False,
     poll_interval: PollOpt = None,
+    option: OptionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate, estimate, upload and submit a fine-tuning job, then follow it to the end."""
@@ -176,7 +220,7 @@ def fit(
               "seed": seed, "suffix": suffix}
     with _warnings_shown():
         tuner = Tuner(provider, model, budget_usd=budget, poll_interval=poll_interval, show_progress=not as_json,
-                      **{k: v for k, v in params.items() if v is not None})
+                      provider_options=_options(option), **{k: v for k, v in params.items() if v is not None})
         result = tuner.fit(data, _holdout_value(holdout), wait=not no_wait, stratify=stratify)
     record = result.record
     if as_json:

@@ -68,6 +68,15 @@ def supported_by() -> dict[str, list[str]]:
     return table
 
 
+def _stated(estimate: CostEstimate, report: Report) -> CostEstimate:
+    """The estimate with the token count's error bound said next to it, when the count is not exact."""
+    stats = report.stats
+    if estimate.authoritative or stats is None or stats.exact:
+        return estimate
+    note = f" Token count estimated with {stats.tokenizer}: the figure is good to ±{stats.error_bound:.0%}."
+    return estimate.model_copy(update={"basis": estimate.basis + note})
+
+
 class Tuner:
     """Fine-tunes ``model`` on ``provider`` with portable hyperparameters (``epochs=3``, ``lora_rank=16``…).
 
@@ -141,9 +150,12 @@ class Tuner:
         return validate(data, rules=caps.rules, service=caps.display_name, model=self.model, holdout=holdout)
 
     def estimate(self, data: Data) -> CostEstimate:
-        """What fine-tuning on ``data`` would cost, before anything is uploaded or paid."""
+        """What fine-tuning on ``data`` would cost, before anything is uploaded or paid (no key needed
+        for a price-table estimate; the service's own figure comes once the data is uploaded in ``fit``)."""
         report = self._checked(data, None)
-        return self.provider.estimate(report.stats, self._spec(training_file="", intent_id=""))
+        provider = self._provider or registry.create(self.provider_name, api_key=self._api_key, require_key=False,
+                                                     clock=self.clock, **self._options)
+        return _stated(provider.estimate(report.stats, self._spec(training_file="", intent_id="")), report)
 
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: bool = True,
             seed: int = 0, stratify: str | None = None) -> TunedModel | Job:
@@ -157,7 +169,7 @@ class Tuner:
         problems = self.provider.check(self._spec(training_file="", intent_id="", fmt=report.format or "chat"))
         if problems:
             raise ConfigError(" ".join(problems))
-        estimate = self.provider.estimate(report.stats, self._spec(training_file="", intent_id=""))
+        estimate = _stated(self.provider.estimate(report.stats, self._spec(training_file="", intent_id="")), report)
         self._guard(estimate)
         fingerprint = self._fingerprint(train, held)
         pending = self.ledger.unfinished_intent(self.provider_name, fingerprint)
