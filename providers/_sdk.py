@@ -34,6 +34,7 @@ from tuneproxy.errors import (
 T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+OUTCOME_UNKNOWN = frozenset({408})  # with any 5xx: a create answered so may still have made the job
 
 
 def http_clients(library: str, transport: Any, timeout: float) -> tuple[Any, Any]:
@@ -370,4 +371,8 @@ class SDKProvider(Provider):
             raise uncertain_submission(exc, provider=self.name, display=self.capabilities.display_name,
                                        intent_id=spec.intent_id) from None
         except api_error as exc:
+            if _status_of(exc) in OUTCOME_UNKNOWN or (_status_of(exc) or 0) >= 500:
+                # a gateway timeout or server error may come after the job was made: treat as lost
+                raise uncertain_submission(exc, provider=self.name, display=self.capabilities.display_name,
+                                           intent_id=spec.intent_id) from None
             raise self._error(exc, f"create the job for intent {spec.intent_id}") from None

@@ -93,3 +93,15 @@ def test_ledger_stores_no_api_key(tmp_path):
     ledger.record_intent("openai", "gpt", "fp", {"hyperparameters": {"epochs": 1}})
     ledger.close()
     assert b"sk-" not in (tmp_path / "s.db").read_bytes()
+
+
+def test_job_prefix_must_name_exactly_one_job_and_wildcards_are_literal():
+    ledger = Ledger()
+    ledger.save_job(record(job_id="ft-abc1"))
+    ledger.save_job(record(job_id="ft-abc2"))
+    assert ledger.job("ft-abc2").job_id == "ft-abc2"
+    with pytest.raises(JobNotFound, match="start of 2 jobs"):
+        ledger.job("ft-abc")
+    for pattern in ("%", "_", "ft-%", "  "):
+        with pytest.raises(JobNotFound):
+            ledger.job(pattern)

@@ -57,8 +57,11 @@ class Job:
         record.intent_id = record.intent_id or self.record.intent_id
         self.record = record
         self.ledger.save_job(record)
-        if record.status.terminal and record.billed_usd is not None:
-            self.ledger.record_billed(record, basis=f"{record.provider} billed figure for {record.job_id}")
+        if record.status.terminal and (record.billed_usd is not None or record.trained_tokens is not None):
+            basis = f"{record.provider} billed figure for {record.job_id}"
+            if record.billed_usd is None:
+                basis += f": {record.trained_tokens:,} billed tokens, no price known to turn them into dollars"
+            self.ledger.record_billed(record, basis=basis)
         return record
 
     def events(self) -> list[JobEvent]:

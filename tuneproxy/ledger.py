@@ -128,6 +128,7 @@ class Ledger:
         self._migrate()
 
     def close(self) -> None:
+        """Close the database connection."""
         self.db.close()
 
     # -- schema ---------------------------------------------------------------------------------------
@@ -186,10 +187,12 @@ class Ledger:
 
     def mark_submission(self, intent_id: str, state: str, job_id: str | None = None,
                         error: str | None = None) -> None:
+        """Record what became of a submission: submitted (with its job id), uncertain, failed or refused."""
         self.db.execute("UPDATE submissions SET state = ?, job_id = COALESCE(?, job_id), error = ? "
                         "WHERE intent_id = ?", (state, job_id, error, intent_id))
 
     def submission(self, intent_id: str) -> Submission | None:
+        """The submission with this intent id, if any."""
         row = self.db.execute("SELECT * FROM submissions WHERE intent_id = ?", (intent_id,)).fetchone()
         return self._submission(row) if row else None
 
@@ -216,16 +219,24 @@ class Ledger:
         )
 
     def job(self, job_id: str, provider: str | None = None) -> JobRecord:
-        """The last saved state of a job (by id, or by a unique prefix of it)."""
-        query = "SELECT record FROM jobs WHERE (job_id = ? OR job_id LIKE ? || '%')"
-        args: list[Any] = [job_id, job_id]
+        """The last saved state of a job, by its id or a prefix of it that names exactly one job."""
+        if not job_id.strip():
+            raise JobNotFound("Give a job id (or the start of one); `tuneproxy jobs list` shows them.")
+        query = "SELECT job_id, record FROM jobs WHERE substr(job_id, 1, ?) = ?"
+        args: list[Any] = [len(job_id), job_id]
         if provider:
             query += " AND provider = ?"
             args.append(provider)
-        rows = self.db.execute(query + " ORDER BY job_id = ? DESC", [*args, job_id]).fetchall()
+        rows = self.db.execute(query, args).fetchall()
+        exact = [r for r in rows if r["job_id"] == job_id]
+        if exact:
+            rows = exact
         if not rows:
             raise JobNotFound(f"No job {job_id!r} in the ledger at {self.path}; `tuneproxy jobs list` shows "
                               "the jobs it knows.")
+        if len(rows) > 1:
+            names = ", ".join(sorted(r["job_id"] for r in rows)[:5])
+            raise JobNotFound(f"{job_id!r} is the start of {len(rows)} jobs ({names}); give more of the id.")
         return JobRecord.model_validate_json(rows[0]["record"])
 
     def jobs(self, provider: str | None = None, limit: int = 50) -> list[JobRecord]:
@@ -249,19 +260,22 @@ class Ledger:
         return self.db.total_changes - before
 
     def events(self, provider: str, job_id: str) -> list[JobEvent]:
-        rows = self.db.execute("SELECT * FROM events WHERE provider = ? AND job_id = ? ORDER BY time, rowid",
+        """Every stored event of a job, in the order they were seen."""
+        rows = self.db.execute("SELECT * FROM events WHERE provider = ? AND job_id = ? ORDER BY rowid",
                                (provider, job_id)).fetchall()
         return [JobEvent(id=r["event_id"], time=dt.datetime.fromisoformat(r["time"]), level=r["level"],
                          message=r["message"], step=r["step"], epoch=r["epoch"], train_loss=r["train_loss"],
                          valid_loss=r["valid_loss"]) for r in rows]
 
     def last_event_id(self, provider: str, job_id: str) -> str | None:
+        """The id of the newest stored event: the cursor for asking the backend for newer ones."""
         row = self.db.execute("SELECT event_id FROM events WHERE provider = ? AND job_id = ? "
                               "ORDER BY rowid DESC LIMIT 1", (provider, job_id)).fetchone()
         return row["event_id"] if row else None
 
     # -- costs ----------------------------------------------------------------------------------------
     def record_estimate(self, estimate: CostEstimate, intent_id: str | None = None) -> None:
+        """Store a cost estimate made before (or while) submitting."""
         self.db.execute(
             "INSERT INTO costs (recorded_at, provider, intent_id, job_id, kind, usd, tokens, basis) "
             "VALUES (?, ?, ?, NULL, 'estimate', ?, ?, ?)",
@@ -282,6 +296,7 @@ class Ledger:
         )
 
     def costs(self, job_id: str | None = None, intent_id: str | None = None) -> list[dict[str, Any]]:
+        """Cost rows, optionally of one job or one submission, oldest first."""
         rows = self.db.execute("SELECT * FROM costs WHERE (? IS NULL OR job_id = ?) AND (? IS NULL OR "
                                "intent_id = ?) ORDER BY id", (job_id, job_id, intent_id, intent_id)).fetchall()
         return [dict(r) for r in rows]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -155,7 +156,11 @@ class Tuner:
         report = self._checked(data, None)
         provider = self._provider or registry.create(self.provider_name, api_key=self._api_key, require_key=False,
                                                      clock=self.clock, **self._options)
-        return _stated(provider.estimate(report.stats, self._spec(training_file="", intent_id="")), report)
+        spec = self._spec(training_file="", intent_id="", fmt=report.format or "chat")
+        problems = provider.check(spec)
+        if problems:
+            raise ConfigError(" ".join(problems))
+        return _stated(provider.estimate(report.stats, spec), report)
 
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: bool = True,
             seed: int = 0, stratify: str | None = None) -> TunedModel | Job:
@@ -243,10 +248,14 @@ class Tuner:
         return found
 
     def _upload(self, intent_id: str, examples: list[Example], purpose: str, display: JobDisplay) -> UploadedFile:
-        path = self.ledger.path.parent / "uploads" / intent_id / f"{purpose}.jsonl"
-        size = write_jsonl(examples, path, self.provider.serialize)
-        display.stage(f"uploading {purpose} data to {self.provider_name} ({len(examples)} examples, {size:,} bytes)")
-        return self.provider.upload(path, purpose)  # type: ignore[arg-type]
+        """Write the examples in the provider's format to a private temporary file, upload it, delete it
+        (a copy of training data left behind could hold the personal data the scan warned about)."""
+        with tempfile.TemporaryDirectory(prefix=f"tuneproxy-{intent_id[:8]}-") as folder:
+            path = Path(folder) / f"{purpose}.jsonl"
+            size = write_jsonl(examples, path, self.provider.serialize)
+            display.stage(f"uploading {purpose} data to {self.provider_name} ({len(examples)} examples, "
+                          f"{size:,} bytes)")
+            return self.provider.upload(path, purpose)  # type: ignore[arg-type]
 
     def _submit(self, intent_id: str, train: list[Example], held: list[Example], report: Report,
                 display: JobDisplay) -> Job:
