@@ -274,6 +274,12 @@ class ChatEndpoint(Endpoint):
         text = (response.choices[0].message.content or "") if response.choices else ""
         return Completion(text=text, usage=usage, latency_s=latency, cost_usd=self._cost(usage))
 
+    async def aclose(self) -> None:
+        """Close the async client of the running loop (its connections belong to that loop)."""
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.close()
+            self._client, self._loop = None, None
+
     def _cost(self, usage: Usage) -> float | None:
         if self._price is None:
             return None

@@ -30,7 +30,20 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture
 def provider(tmp_path):
-    return LocalProvider(home=tmp_path / "home", cancel_timeout=WAIT_S)
+    yield LocalProvider(home=tmp_path / "home", cancel_timeout=WAIT_S)
+    stop_workers(tmp_path / "home")
+
+
+def stop_workers(home):
+    """Kill any worker a test left running (a failed assertion must not leave training burning CPU)."""
+    for pid_file in home.glob("jobs/*/worker.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()  # only our worker, never a reused pid
+            if pid_file.parent.name.encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
 
 
 @pytest.fixture

@@ -133,14 +133,15 @@ def _holdout_value(value: str | None) -> Any:
 
 @contextmanager
 def _warnings_shown():
-    """Show Python warnings (sunset dates, data warnings) as plain lines on stderr."""
-    with warnings.catch_warnings(record=True) as caught:
+    """Show Python warnings (sunset dates, data warnings) as plain lines on stderr, as they happen."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            for item in caught:
-                err_console.print(f"[yellow]warning:[/] {escape(str(item.message))}", highlight=False, soft_wrap=True)
+        warnings.showwarning = show
+        yield
 
 
 OptionOpt = Annotated[list[str] | None, typer.Option(
@@ -166,14 +167,14 @@ def estimate(
     data: Annotated[Path, typer.Argument(help="Training data, JSONL.")],
     provider: Annotated[str, typer.Option("--provider", "-p", help="Where it would train.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Base model.")],
-    epochs: Annotated[int | None, typer.Option(help="Passes over the data.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data.")] = None,
     option: OptionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """What fine-tuning on DATA would cost, before anything is uploaded or paid."""
     from tuneproxy.tuner import Tuner
 
-    params = {"epochs": epochs} if epochs else {}
+    params = {"epochs": epochs} if epochs is not None else {}
     with _warnings_shown():
         tuner = Tuner(provider, model, show_progress=False, provider_options=_options(option), **params)
         result = tuner.estimate(data)

@@ -269,13 +269,23 @@ class Endpoint(ABC):
 
         return list(await asyncio.gather(*(one(m) for m in batch)))
 
+    async def aclose(self) -> None:
+        """Release what the endpoint holds open in the running event loop (HTTP clients)."""
+
     def complete(self, messages: Sequence[Message], **params: Any) -> Completion:
         """Blocking twin of :meth:`acomplete`."""
-        return asyncio.run(self.acomplete(messages, **params))
+        return asyncio.run(self._closing(self.acomplete(messages, **params)))
 
     def complete_many(self, batch: Sequence[Sequence[Message]], **params: Any) -> list[Completion]:
         """Blocking twin of :meth:`acomplete_many`."""
-        return asyncio.run(self.acomplete_many(batch, **params))
+        return asyncio.run(self._closing(self.acomplete_many(batch, **params)))
+
+    async def _closing(self, work: Any) -> Any:
+        # each blocking call runs its own event loop: close its clients before the loop goes away
+        try:
+            return await work
+        finally:
+            await self.aclose()
 
 
 def timed(start: float) -> float:

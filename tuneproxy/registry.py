@@ -81,4 +81,8 @@ def create(name: str, *, api_key: str | None = None, require_key: bool = True, *
         api_key = os.environ.get(env_key) or ("replay-key" if replaying else None)
         if api_key is None and require_key:
             raise MissingCredentials(cls.capabilities.display_name, env_key)
-    return cls(api_key=api_key, **options)
+    try:
+        return cls(api_key=api_key, **options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Invalid setting for provider {name!r}: {exc}. Check the -o/--option values "
+                          "(`tuneproxy providers` lists what each provider takes).") from None

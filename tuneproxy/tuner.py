@@ -111,6 +111,10 @@ class Tuner:
         self._provider_class.translate(self.hyperparameters, supported_by())
         self._api_key = api_key
         self._options = dict(provider_options or {})
+        reserved = sorted({"api_key", "clock"} & set(self._options))
+        if reserved:
+            raise ConfigError(f"{', '.join(reserved)} cannot be a provider option: pass it to Tuner itself "
+                              "(the key comes from the environment).")
         self._provider: Provider | None = None
 
     def __repr__(self) -> str:

@@ -260,8 +260,11 @@ def _check_span(job: _Job, source: Path | Iterable[Any], span: Span) -> _Part:
                 flush()
         if chunk:
             flush()
-    finally:
+    except BaseException:
         fps.close()
+        Path(fps.path).unlink(missing_ok=True)
+        raise
+    fps.close()
     return _Part(findings, hist, examples, total_tokens, checker.format, fps.path)
 
 
