@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from tuneproxy.local_backend.errors import MissingDependency, ModelNotFound, UnknownTargetModule, WillNotFit
@@ -39,7 +40,7 @@ def stop_workers(home):
     for pid_file in home.glob("jobs/*/worker.pid"):
         try:
             pid = int(pid_file.read_text())
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()  # only our worker, never a reused pid
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # only our worker, never a reused pid
             if pid_file.parent.name.encode() in cmdline:
                 os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):

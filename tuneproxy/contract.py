@@ -269,7 +269,7 @@ class Endpoint(ABC):
 
         return list(await asyncio.gather(*(one(m) for m in batch)))
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook: most endpoints hold nothing open
         """Release what the endpoint holds open in the running event loop (HTTP clients)."""
 
     def complete(self, messages: Sequence[Message], **params: Any) -> Completion:
