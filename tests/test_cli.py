@@ -132,3 +132,10 @@ def test_estimate_prints_the_figure_and_its_basis_as_json(capsys):
 def test_fit_option_must_be_key_equals_value(capsys):
     code, _, err = run(capsys, "fit", SAMPLE, "-p", "local", "-m", "smollm2", "-o", "bogus")
     assert code == 2 and "KEY=VALUE" in err
+
+
+def test_a_broken_holdout_fails_validation_too(capsys):
+    code, out, _ = run(capsys, "validate", SAMPLE, "--holdout", BAD / "binary.jsonl", "--json")
+    data = json.loads(out)
+    assert code == 1 and data["ok"] is True and data["holdout"]["ok"] is False
+    assert data["holdout"]["counts"] == {"TP004": 1}

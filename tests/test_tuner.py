@@ -133,3 +133,11 @@ def test_estimate_for_an_open_model_states_the_token_count_error_bound():
 
 def test_estimate_needs_no_api_key():
     assert Tuner("openai", "gpt-4o-mini", epochs=1).estimate(SAMPLE).billable_tokens == 36_224
+
+
+def test_a_holdout_with_errors_stops_fit_before_any_request():
+    transport = silent("together")
+    holdout = FIXTURES / "datasets" / "bad" / "weight_invalid.jsonl"
+    with pytest.raises(DatasetError, match="holdout has 3 error"):
+        tuner("together", "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", transport=transport).fit(SAMPLE, holdout)
+    assert transport.log == []

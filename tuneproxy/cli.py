@@ -49,23 +49,29 @@ def validate(
     epochs: Annotated[int, typer.Option(min=1, help="Epochs for the billable-token figure.")] = 3,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check a dataset: findings by code, token statistics and a verdict. Exit 1 when it has errors."""
+    """Check a dataset (and its holdout): findings by code, token statistics and a verdict. Exit 1 on errors."""
     from tuneproxy.dataset.validate import validate as run_validation
 
     rules, service = _rules_for(provider)
     report = run_validation(file, rules=rules, service=service, model=model, holdout=holdout)
+    held = run_validation(holdout, rules=rules, service=service, model=model) if holdout else None
     if as_json:
         data = report.model_dump(mode="json")
         data["verdict"] = report.verdict()
         if report.stats:
             data["stats"]["billable_tokens"] = report.stats.billable_tokens(epochs)
             data["stats"]["epochs"] = epochs
+        if held is not None:
+            data["holdout"] = {**held.model_dump(mode="json"), "verdict": held.verdict()}
         _print_json(data)
     else:
         from tuneproxy.render import show_report
 
         show_report(console, report, epochs)
-    raise typer.Exit(0 if report.ok else 1)
+        if held is not None:
+            console.rule(f"holdout {holdout}")
+            show_report(console, held, epochs)
+    raise typer.Exit(0 if report.ok and (held is None or held.ok) else 1)
 
 
 def _rules_for(provider: str | None):

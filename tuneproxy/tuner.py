@@ -197,11 +197,11 @@ class Tuner:
         return job.result()
 
     # -- helpers ----------------------------------------------------------------------------------------
-    def _checked(self, data: Data, holdout: Data | None) -> Report:
+    def _checked(self, data: Data, holdout: Data | None, what: str = "data") -> Report:
         report = self.validate(data, holdout)
         if not report.ok:
             shown = "\n".join(f"  line {f.line}: {f.code} {f.message}" for f in first_findings(report))
-            raise DatasetError(f"The data has {report.errors} error(s); nothing was uploaded. First ones:\n{shown}\n"
+            raise DatasetError(f"The {what} has {report.errors} error(s); nothing was uploaded. First ones:\n{shown}\n"
                                f"Run `tuneproxy validate {report.source} --provider {self.provider_name}` for all.",
                                findings=report.findings)
         if report.warnings:
@@ -218,7 +218,10 @@ class Tuner:
             report = self._checked([ex.record for ex in train], [ex.record for ex in held])
             return train, held, report
         report = self._checked(data, holdout)
-        held = load_examples(holdout) if holdout is not None else []
+        held: list[Example] = []
+        if holdout is not None:
+            self._checked(holdout, None, what="holdout")
+            held = load_examples(holdout)
         return load_examples(data), held, report
 
     def _spec(self, training_file: str, intent_id: str, validation_file: str | None = None,
