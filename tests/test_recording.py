@@ -275,3 +275,14 @@ def test_transport_for_replays_by_default_and_records_when_asked(
 
 def test_redact_hides_together_and_openai_shaped_keys() -> None:
     assert redact("key tgp_v2_abcdefgh12 and sk-proj-abcdefgh12") == "key REDACTED and REDACTED"
+
+
+def test_presigned_url_signatures_and_the_environments_keys_are_redacted(monkeypatch):
+    from tuneproxy.errors import redact
+
+    monkeypatch.setenv("TOGETHER_API_KEY", "0123456789abcdef" * 4)
+    url = ("https://bucket.s3.amazonaws.com/f?X-Amz-Credential=AKIAXX%2F2026&X-Amz-Signature=abc123"
+           "&X-Amz-Security-Token=zzz&part=1")
+    assert redact(url) == ("https://bucket.s3.amazonaws.com/f?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED"
+                           "&X-Amz-Security-Token=REDACTED&part=1")
+    assert "0123456789abcdef" not in redact("invalid key " + "0123456789abcdef" * 4)

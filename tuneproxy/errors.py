@@ -6,7 +6,14 @@ place. Messages never contain secrets: :func:`redact` is applied to anything tha
 
 from __future__ import annotations
 
+import os
 import re
+
+# The environment variables that hold provider keys: their values are removed wherever they appear,
+# whatever shape the key has (a Together key can be plain hex, which no pattern would catch).
+KEY_VARIABLES = ("OPENAI_API_KEY", "TOGETHER_API_KEY", "FIREWORKS_API_KEY", "REPLICATE_API_TOKEN")
+# Query parameters of presigned URLs that grant access (S3/GCS signatures, credentials, tokens).
+_SIGNED_QUERY = re.compile(r"(?i)([?&](?:[\w.-]*(?:signature|credential|token|key|sig))=)[^&#\s\"']+")
 
 _SECRET_PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
@@ -19,11 +26,16 @@ _SECRET_PATTERNS = [
 
 
 def redact(text: str) -> str:
-    """Replace anything shaped like an API key or bearer token with ``REDACTED``."""
+    """Replace API keys (by shape, and the environment's own key values), bearer tokens and the
+    signatures of presigned URLs with ``REDACTED``."""
+    for variable in KEY_VARIABLES:
+        value = os.environ.get(variable)
+        if value and len(value) >= 8:
+            text = text.replace(value, "REDACTED")
     for pattern in _SECRET_PATTERNS:
         replacement = (lambda m: m.group(1) + "REDACTED") if pattern.groups else "REDACTED"
         text = pattern.sub(replacement, text)
-    return text
+    return _SIGNED_QUERY.sub(lambda m: m.group(1) + "REDACTED", text)
 
 
 class TuneproxyError(Exception):
