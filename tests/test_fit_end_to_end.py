@@ -170,3 +170,23 @@ def test_cli_fit_with_a_wrong_key_is_a_clear_service_error_without_the_key(capsy
     for path in isolated_home.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_rerun_after_a_crash_finds_the_job_instead_of_paying_again():
+    from tuneproxy.recording import Cassette
+
+    recorded = Cassette.load(cassette_path("openai", "fit_lost_create"))
+    create_at = next(i for i, x in enumerate(recorded.interactions)
+                     if x.request.method == "POST" and x.request.url.endswith(CREATE["openai"]))
+    # the first client wrote its intent, sent the create and died: the rerun may only look the job up
+    after_crash = recorded.model_copy(update={"interactions": recorded.interactions[create_at + 1:]})
+    transport = ReplayTransport(after_crash)
+    tuner = make_tuner("openai", transport)
+    train, held, _ = tuner._prepare(SAMPLE, 0.1, 0, None)
+    Ledger().record_intent("openai", MODELS["openai"], tuner._fingerprint(train, held), {})
+    tuned = tuner.fit(SAMPLE, holdout=0.1)
+    assert tuned.record.status is JobStatus.SUCCEEDED
+    assert transport.requests("POST") == []
+    transport.assert_all_played()
+    assert Ledger().submission(tuned.record.intent_id).state == "submitted"
