@@ -141,3 +141,9 @@ def test_a_holdout_with_errors_stops_fit_before_any_request():
     with pytest.raises(DatasetError, match="holdout has 3 error"):
         tuner("together", "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", transport=transport).fit(SAMPLE, holdout)
     assert transport.log == []
+
+
+def test_a_small_holdout_is_not_warned_about_its_size():
+    lines = SAMPLE.read_text().splitlines(keepends=True)
+    report = tuner().validate([json.loads(x) for x in lines[:20]], check_size=False)
+    assert report.ok and "TP501" not in report.counts and "TP502" not in report.counts

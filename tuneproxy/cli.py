@@ -54,7 +54,7 @@ def validate(
 
     rules, service = _rules_for(provider)
     report = run_validation(file, rules=rules, service=service, model=model, holdout=holdout)
-    held = run_validation(holdout, rules=rules, service=service, model=model) if holdout else None
+    held = run_validation(holdout, rules=rules, service=service, model=model, check_size=False) if holdout else None
     if as_json:
         data = report.model_dump(mode="json")
         data["verdict"] = report.verdict()

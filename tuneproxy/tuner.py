@@ -149,10 +149,11 @@ class Tuner:
         warnings.warn(f"{caps.display_name} stops accepting new fine-tuning jobs on {caps.sunset.isoformat()} "
                       f"({days} days from now); plan a move to another provider.", SunsetWarning, stacklevel=3)
 
-    def validate(self, data: Data, holdout: Data | None = None) -> Report:
+    def validate(self, data: Data, holdout: Data | None = None, check_size: bool = True) -> Report:
         """Validate ``data`` against this provider's rules and this model's tokenizer and context."""
         caps = self._provider_class.capabilities
-        return validate(data, rules=caps.rules, service=caps.display_name, model=self.model, holdout=holdout)
+        return validate(data, rules=caps.rules, service=caps.display_name, model=self.model, holdout=holdout,
+                        check_size=check_size)
 
     def estimate(self, data: Data) -> CostEstimate:
         """What fine-tuning on ``data`` would cost, before anything is uploaded or paid (no key needed
@@ -198,7 +199,7 @@ class Tuner:
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _checked(self, data: Data, holdout: Data | None, what: str = "data") -> Report:
-        report = self.validate(data, holdout)
+        report = self.validate(data, holdout, check_size=what == "data")
         if not report.ok:
             shown = "\n".join(f"  line {f.line}: {f.code} {f.message}" for f in first_findings(report))
             raise DatasetError(f"The {what} has {report.errors} error(s); nothing was uploaded. First ones:\n{shown}\n"
