@@ -1,6 +1,6 @@
 """Fine-tune SmolLM2-135M-Instruct on this machine and compare it with its base model.
 
-    python examples/local_demo.py [--data fixtures/datasets/sample.jsonl] [--train 200] [--holdout 24]
+    python examples/local_demo.py [--data fixtures/datasets/sample.jsonl] [--train 300] [--holdout 24]
 
 The same public call as for a managed service — ``Tuner(provider="local", ...).fit(train, holdout=...)``:
 validated, recorded in the ledger, trained by a detached worker process, followed with a live display,
@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ MODEL = "smollm2-135m-instruct"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "fixtures" / "datasets" / "sample.jsonl")
-    parser.add_argument("--train", type=int, default=200, help="training examples to use")
+    parser.add_argument("--train", type=int, default=300, help="training examples to use")
     parser.add_argument("--holdout", type=int, default=24, help="held-out examples to compare on")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--show", type=int, default=5, help="examples to print side by side")
@@ -69,6 +70,7 @@ def score(answers: list[str], holdout: list[dict]) -> dict[str, float]:
 
 def main() -> int:
     args = parse_args()
+    warnings.showwarning = lambda message, *_: print(f"warning: {message}")
     started = time.perf_counter()
     if not args.data.is_file():
         print(f"No dataset at {args.data}; pass --data PATH (chat JSONL).", file=sys.stderr)
