@@ -161,11 +161,7 @@ class Tuner:
         report = self._checked(data, None)
         provider = self._provider or registry.create(self.provider_name, api_key=self._api_key, require_key=False,
                                                      clock=self.clock, **self._options)
-        spec = self._spec(training_file="", intent_id="", fmt=report.format or "chat")
-        problems = provider.check(spec)
-        if problems:
-            raise ConfigError(" ".join(problems))
-        return _stated(provider.estimate(report.stats, spec), report)
+        return self._preflight(provider, report)
 
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: bool = True,
             seed: int = 0, stratify: str | None = None) -> TunedModel | Job:
@@ -176,10 +172,7 @@ class Tuner:
         """
         self.check_sunset()
         train, held, report = self._prepare(data, holdout, seed, stratify)
-        problems = self.provider.check(self._spec(training_file="", intent_id="", fmt=report.format or "chat"))
-        if problems:
-            raise ConfigError(" ".join(problems))
-        estimate = _stated(self.provider.estimate(report.stats, self._spec(training_file="", intent_id="")), report)
+        estimate = self._preflight(self.provider, report)
         self._guard(estimate)
         fingerprint = self._fingerprint(train, held)
         pending = self.ledger.unfinished_intent(self.provider_name, fingerprint)
@@ -198,15 +191,23 @@ class Tuner:
         return job.result()
 
     # -- helpers ----------------------------------------------------------------------------------------
-    def _checked(self, data: Data, holdout: Data | None, what: str = "data") -> Report:
+    def _preflight(self, provider: Provider, report: Report) -> CostEstimate:
+        """The provider's own objections to this job (raised), then its estimate before any upload."""
+        spec = self._spec(training_file="", intent_id="", fmt=report.format or "chat")
+        problems = provider.check(spec)
+        if problems:
+            raise ConfigError(" ".join(problems))
+        return _stated(provider.estimate(report.stats, spec), report)
+
+    def _checked(self, data: Data, holdout: Data | None, what: str = "data", warn: bool = True) -> Report:
         report = self.validate(data, holdout, check_size=what == "data")
         if not report.ok:
             shown = "\n".join(f"  line {f.line}: {f.code} {f.message}" for f in first_findings(report))
             raise DatasetError(f"The {what} has {report.errors} error(s); nothing was uploaded. First ones:\n{shown}\n"
                                f"Run `tuneproxy validate {report.source} --provider {self.provider_name}` for all.",
                                findings=report.findings)
-        if report.warnings:
-            warnings.warn(f"The data passed with {report.warnings} warning(s): "
+        if report.warnings and warn:
+            warnings.warn(f"The {what} passed with {report.warnings} warning(s): "
                           f"{', '.join(sorted(report.counts))}. `tuneproxy validate` shows them.",
                           DatasetWarning, stacklevel=3)
         return report
@@ -216,7 +217,8 @@ class Tuner:
         if isinstance(holdout, (float, int)) and not isinstance(holdout, bool):
             self._checked(data, None)
             train, held = split_holdout(load_examples(data), holdout, seed=seed, stratify=stratify)
-            report = self._checked([ex.record for ex in train], [ex.record for ex in held])
+            # the training part again, for its own token statistics and the leakage check
+            report = self._checked([ex.record for ex in train], [ex.record for ex in held], warn=False)
             return train, held, report
         report = self._checked(data, holdout)
         held: list[Example] = []
