@@ -2,7 +2,8 @@
 
 One pass, constant memory: examples are checked in chunks, token counts go into a histogram (exact
 percentiles without keeping a list), and duplicate detection keeps its 8-byte fingerprints in a
-temporary SQLite file rather than in RAM.
+temporary SQLite file rather than in RAM. A large file is cut at line boundaries into one span per core,
+checked in parallel processes, and the parts merged (findings, histograms, fingerprints across spans).
 """
 
 from __future__ import annotations
