@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from tuneproxy.local_backend import models
-from tuneproxy.local_backend.data import read_examples
 from tuneproxy.local_backend.jobfiles import (
     ADAPTER_DIR,
     CANCEL_FILE,
@@ -65,6 +64,7 @@ from tuneproxy.contract import (
     UploadedFile,
     utc_now,
 )
+from tuneproxy.dataset.validate import load_examples
 from tuneproxy.errors import ConfigError, DatasetError, JobNotFound, TuneproxyError
 
 MODEL_PREFIX = "local:"
@@ -140,7 +140,7 @@ class LocalProvider(Provider):
     def upload(self, path: Path, purpose: Literal["train", "validation"] = "train") -> UploadedFile:
         """Copy a JSONL file into the job area (after checking every line parses) and name it by content."""
         path = Path(path)
-        read_examples(path)
+        load_examples(path, strict=True)
         data = path.read_bytes()
         file_id = "file-" + hashlib.sha256(data).hexdigest()[:24]
         target = self.home / "files" / f"{file_id}.jsonl"

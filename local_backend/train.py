@@ -23,12 +23,12 @@ from typing import Any
 
 from tuneproxy.local_backend import models
 from tuneproxy.local_backend.collate import IGNORE, Encoded, collate_row, encode_chat, pack_rows
-from tuneproxy.local_backend.data import read_examples
 from tuneproxy.local_backend.jobfiles import ADAPTER_DIR, CHECKPOINTS_DIR, MERGED_DIR, SUMMARY_FILE, JobFiles
 from tuneproxy.local_backend.preflight import RunPlan, plan_run
 from tuneproxy.local_backend.settings import TrainSettings
 
 from tuneproxy.dataset.examples import Example
+from tuneproxy.dataset.validate import load_examples
 from tuneproxy.errors import DatasetError
 
 
@@ -303,7 +303,7 @@ class Trainer:
 
     def _data(self, tokenizer: Any) -> tuple[list[Encoded], list[list[Encoded]]]:
         s = self.settings
-        train_set, dropped = encode_all(tokenizer, read_examples(s.training_file), s.max_seq_length)
+        train_set, dropped = encode_all(tokenizer, load_examples(s.training_file, strict=True), s.max_seq_length)
         if dropped:
             self.files.append_event(
                 f"{dropped} training example(s) have no assistant token to train on after truncation to "
@@ -313,7 +313,7 @@ class Trainer:
             raise DatasetError("No training example has an assistant turn to learn from (check weights).")
         valid_rows: list[list[Encoded]] = []
         if s.validation_file:
-            valid, _ = encode_all(tokenizer, read_examples(s.validation_file), s.max_seq_length)
+            valid, _ = encode_all(tokenizer, load_examples(s.validation_file, strict=True), s.max_seq_length)
             valid_rows = pack_rows(valid, s.row_tokens)
         return train_set, valid_rows
 

@@ -102,3 +102,13 @@ def test_split_train_and_holdout_do_not_leak():
 def test_impossible_holdout_sizes_are_refused_with_guidance(size):
     with pytest.raises(ConfigError):
         split_holdout(load_examples(SAMPLE), size)
+
+
+def test_strict_loading_names_the_first_bad_line(tmp_path):
+    from tuneproxy.errors import DatasetError
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a"}\n[1]\n{"text": "b"}\n')
+    assert [e.line for e in load_examples(path)] == [1, 3]
+    with pytest.raises(DatasetError, match="line 2: The line is a JSON list"):
+        load_examples(path, strict=True)

@@ -27,6 +27,7 @@ from tuneproxy.dataset.examples import Example, detect_format
 from tuneproxy.dataset.findings import Finding, Findings, finding
 from tuneproxy.dataset.reader import Span, check_path, iter_objects, read_jsonl, split_spans
 from tuneproxy.dataset.rules import ExampleChecker, scan_text
+from tuneproxy.errors import DatasetError
 from tuneproxy.tokens import TokenCounter, counter_for
 
 CHUNK = 1024
@@ -324,9 +325,16 @@ def _holdout_fingerprints(holdout: str | Path | Iterable[dict[str, Any]]) -> dic
     return seen
 
 
-def load_examples(source: str | Path | Iterable[dict[str, Any]]) -> list[Example]:
-    """Every usable example (skipping lines that are not JSON objects); validate first to see why."""
-    return [Example.from_record(obj, line) for line, obj in iter_objects(source, Findings(keep=0))]
+def load_examples(source: str | Path | Iterable[dict[str, Any]], strict: bool = False) -> list[Example]:
+    """Every example that is a JSON object. ``strict``: a line that is not (or no example at all) raises
+    :class:`DatasetError` naming the first problem; otherwise such lines are skipped (validate to see why)."""
+    findings = Findings(keep=1)
+    examples = [Example.from_record(obj, line) for line, obj in iter_objects(source, findings)]
+    if strict and findings.errors:
+        first = next(f for f in findings if f.severity == "error")
+        where = f"line {first.line}: " if first.line else ""
+        raise DatasetError(f"{source}: {where}{first.message}", findings=[first.to_dict()])
+    return examples
 
 
 def first_findings(report: Report, severity: str = "error", limit: int = 5) -> list[Finding]:
