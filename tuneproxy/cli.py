@@ -288,8 +288,7 @@ def jobs_show(job_id: str, offline: OfflineOpt = False, as_json: JsonOpt = False
     else:
         job = _attach(job_id)
         ledger, record = job.ledger, job.refresh()
-    costs = ledger.costs(job_id=record.job_id) + (ledger.costs(intent_id=record.intent_id) if record.intent_id else [])
-    costs = list({c["id"]: c for c in costs}.values())
+    costs = ledger.job_costs(record)
     if as_json:
         _print_json({**record.model_dump(mode="json"), "costs": costs})
         return

@@ -159,8 +159,4 @@ class TunedModel:
     @property
     def costs(self) -> list[dict[str, Any]]:
         """Every cost row for this job: estimates before it, the billed figure after."""
-        rows = self._ledger.costs(job_id=self.job_id)
-        if self.record.intent_id:
-            seen = {r["id"] for r in rows}
-            rows += [r for r in self._ledger.costs(intent_id=self.record.intent_id) if r["id"] not in seen]
-        return sorted(rows, key=lambda r: r["id"])
+        return self._ledger.job_costs(self.record)

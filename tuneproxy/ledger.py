@@ -301,6 +301,13 @@ class Ledger:
                                "intent_id = ?) ORDER BY id", (job_id, job_id, intent_id, intent_id)).fetchall()
         return [dict(r) for r in rows]
 
+    def job_costs(self, record: JobRecord) -> list[dict[str, Any]]:
+        """Every cost row of a job: the estimates made for its submission, then what was billed."""
+        rows = self.db.execute("SELECT * FROM costs WHERE (provider = ? AND job_id = ?) OR (? IS NOT NULL AND "
+                               "intent_id = ?) ORDER BY id", (record.provider, record.job_id, record.intent_id,
+                                                             record.intent_id)).fetchall()
+        return [dict(r) for r in rows]
+
     def spend(self) -> dict[str, float]:
         """Billed dollars per provider, all time."""
         rows = self.db.execute("SELECT provider, SUM(usd) AS usd FROM costs WHERE kind = 'billed' "
