@@ -5,7 +5,10 @@ Same tiny-but-not-trivial random Llama, same chat data with a realistic spread o
 batch to its longest example (the default collator behaviour); ours packs without padding. Figures:
 effective (non-padding) tokens per second of training and peak memory, each trainer in its own process.
 
-    python benchmarks/bench_local_train.py [--examples 256] [--hidden 256] [--layers 4]
+    python benchmarks/bench_local_train.py [--examples 256] [--hidden 256] [--layers 4] [--quick]
+
+``--quick`` runs the same steps with a tiny model (hidden 64, 2 layers) on 32 examples (4 optimizer steps),
+in well under half a minute on CPU: a check that the benchmark still runs, not a measurement.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 VOCAB_WORDS = 4000
+FULL = {"examples": 256, "hidden": 256, "layers": 4}
+QUICK = {"examples": 32, "hidden": 64, "layers": 2}
 SETTINGS = {"epochs": 1, "learning_rate": 1e-3, "batch_size": 8, "lora_rank": 16, "lora_alpha": 32,
             "lora_dropout": 0.0, "max_seq_length": 512, "seed": 0}
 
@@ -35,6 +40,9 @@ def build_inputs(root: Path, n_examples: int, hidden: int, layers: int) -> tuple
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the output
 
     specials = ["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant"]
     vocab = {tok: i for i, tok in enumerate(specials + [f"w{i}" for i in range(VOCAB_WORDS)])}
@@ -103,11 +111,12 @@ def run_baseline(model_dir: Path, data: Path, device: str, work: Path) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
     from tuneproxy.local_backend.collate import encode_chat
-    from tuneproxy.local_backend.data import read_examples
+
+    from tuneproxy.dataset.validate import load_examples
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = []
-    for ex in read_examples(data):
+    for ex in load_examples(data, strict=True):
         enc = encode_chat(tokenizer, ex.messages(), SETTINGS["max_seq_length"])
         rows.append({"input_ids": enc.input_ids, "labels": enc.labels,
                      "attention_mask": [1] * len(enc.input_ids)})
@@ -161,10 +170,11 @@ def report(device: str, ours: dict, base: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--examples", type=int, default=256)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in FULL:
+        parser.add_argument(f"--{name}", type=int, help=f"default {FULL[name]}; {QUICK[name]} with --quick")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny model and data, same steps: checks the benchmark runs (figures not representative)")
     parser.add_argument("--child", choices=["ours", "baseline"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path)
@@ -172,12 +182,17 @@ def main() -> None:
     if args.child:
         child(args.child, args.device, args.work)
         return
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     import torch
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory(prefix="bench-local-") as tmp:
         work = Path(tmp)
         build_inputs(work, args.examples, args.hidden, args.layers)
+        if args.quick:
+            print("quick mode: tiny inputs, same steps; a check that the benchmark runs, not a measurement")
         print(f"model: random Llama hidden {args.hidden}, {args.layers} layers; {args.examples} chat examples; "
               f"LoRA r=16 all-linear, batch 8, 1 epoch")
         for device in devices:

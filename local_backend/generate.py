@@ -1,7 +1,8 @@
 """The local Endpoint: batched generation with a base model, with or without a trained adapter.
 
 The model is loaded on first use, the same way training loaded it (same source, same quantization), so
-a tuned model and its base are compared like for like.
+a tuned model and its base are compared like for like. Generation runs in a worker thread, so the
+endpoint's async methods never block the event loop; one model generates one batch at a time.
 """
 
 from __future__ import annotations
@@ -15,18 +16,21 @@ from typing import Any
 
 from tuneproxy.local_backend import models
 
-from tuneproxy.contract import Completion, Endpoint, Message, Usage
-from tuneproxy.errors import ConfigError
-
-GENERATION_PARAMS = frozenset({"max_tokens", "temperature", "top_p", "seed"})
+from tuneproxy.contract import Completion, Endpoint, GenerationParams, Message, Outcome, Usage, _params
+from tuneproxy.errors import ProviderError
 
 
 class LocalEndpoint(Endpoint):
-    """Generates replies locally. ``adapter`` is a PEFT adapter folder, or None for the base model."""
+    """Generates replies locally. ``adapter`` is a PEFT adapter folder, or None for the base model.
+
+    ``acomplete_many`` generates in batches of ``batch_size`` (``concurrency`` plays no part here). Each
+    :class:`~tuneproxy.contract.Completion` says why it ended: ``stop`` (an end-of-turn token, or one of
+    the ``stop`` strings, where the text is cut) or ``length`` (``max_tokens`` reached). ``cost_usd`` is
+    None: the core prices the machine's time.
+    """
 
     def __init__(self, model: str, *, base: str, home: Path, adapter: Path | None = None,
-                 quantization: str = "auto", device: str = "auto", batch_size: int = 8,
-                 price_per_gpu_hour: float = 0.0) -> None:
+                 quantization: str = "auto", device: str = "auto", batch_size: int = 8) -> None:
         self.model = model
         self.base = base
         self.home = home
@@ -34,7 +38,6 @@ class LocalEndpoint(Endpoint):
         self.quantization = quantization
         self.device = device
         self.batch_size = batch_size
-        self.price_per_gpu_hour = price_per_gpu_hour
         self._lock = threading.Lock()
         self._loaded: tuple[Any, Any, str] | None = None
 
@@ -61,62 +64,70 @@ class LocalEndpoint(Endpoint):
             self._loaded = (tokenizer, model, device)
         return self._loaded
 
-    async def acomplete(self, messages: Sequence[Message], **params: Any) -> Completion:
-        """Generate one reply (see :meth:`generate` for the parameters)."""
-        return (await asyncio.to_thread(self.generate, [messages], **params))[0]
+    async def _generate(self, messages: Sequence[Message], params: GenerationParams) -> Completion:
+        outcome = (await asyncio.to_thread(self.generate, [messages], params))[0]
+        if isinstance(outcome, ProviderError):
+            raise outcome
+        return outcome
 
-    async def acomplete_many(self, batch: Sequence[Sequence[Message]], concurrency: int = 4,
-                             **params: Any) -> list[Completion]:
-        """Generate a reply for each conversation in batches (``concurrency`` is not needed locally)."""
-        return await asyncio.to_thread(self.generate, batch, **params)
+    async def acomplete_many(self, batch: Sequence[Sequence[Message]], params: GenerationParams | None = None,
+                             *, concurrency: int = 4, **overrides: Any) -> list[Outcome]:
+        """One outcome per conversation, in order, generated in batches of ``batch_size``."""
+        settings = _params(params, overrides)
+        return await asyncio.to_thread(self.generate, batch, settings)
 
-    def generate(self, conversations: Sequence[Sequence[Message]], max_tokens: int = 256,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-                 **unknown: Any) -> list[Completion]:
-        """Replies to ``conversations``, in order: greedy when ``temperature`` is 0, else sampled."""
-        if unknown:
-            raise ConfigError(
-                f"The local endpoint does not take {', '.join(sorted(unknown))}; "
-                f"it takes {', '.join(sorted(GENERATION_PARAMS))}."
-            )
+    def generate(self, conversations: Sequence[Sequence[Message]], params: GenerationParams | None = None,
+                 **overrides: Any) -> list[Outcome]:
+        """Replies to ``conversations``, in order: greedy when ``temperature`` is 0, else sampled.
+
+        A batch that fails to generate (out of memory, say) gives its error as the outcome of each of its
+        conversations; the other batches still answer. A model that cannot be loaded raises.
+        """
+        settings = _params(params, overrides)
         with self._lock:  # one model, one generation at a time
             tokenizer, model, device = self.load()
-            out: list[Completion] = []
+            out: list[Outcome] = []
             for start in range(0, len(conversations), self.batch_size):
                 chunk = conversations[start:start + self.batch_size]
-                out += self._generate_chunk(
-                    tokenizer, model, device, chunk, max_tokens, temperature, top_p, seed
-                )
+                try:
+                    out += self._generate_chunk(tokenizer, model, device, chunk, settings)
+                except Exception as exc:  # every item gets an outcome, whatever broke
+                    error = ProviderError(f"Local generation failed: {type(exc).__name__}: {exc}",
+                                          provider="local", raw=type(exc).__name__)
+                    out += [error] * len(chunk)
             return out
 
     def _generate_chunk(self, tokenizer: Any, model: Any, device: str, chunk: Sequence[Sequence[Message]],
-                        max_tokens: int, temperature: float, top_p: float,
-                        seed: int | None) -> list[Completion]:
+                        params: GenerationParams) -> list[Completion]:
         import torch
 
         prompts = [tokenizer.apply_chat_template([dict(m) for m in msgs], tokenize=False,
                                                  add_generation_prompt=True) for msgs in chunk]
         enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
         sampling: dict[str, Any] = {"do_sample": False}
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
-            if seed is not None:
-                torch.manual_seed(seed)
+        if params.temperature > 0:
+            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        stop_ids = self._stop_ids(tokenizer, model)
         started = time.perf_counter()
         with torch.no_grad():
-            generated = model.generate(**enc, max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
-                                       eos_token_id=self._stop_ids(tokenizer, model), **sampling)
+            generated = model.generate(**enc, max_new_tokens=params.max_tokens,
+                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids, **sampling)
         latency = time.perf_counter() - started
         new_tokens = generated[:, enc["input_ids"].shape[1]:]
-        stop_ids = set(self._stop_ids(tokenizer, model))
         completions = []
         for row, prompt_mask in zip(new_tokens.tolist(), enc["attention_mask"].tolist(), strict=True):
-            produced = next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))
+            ended = next((i + 1 for i, t in enumerate(row) if t in stop_ids), None)
+            produced = ended if ended is not None else len(row)
+            text = tokenizer.decode(row[:produced], skip_special_tokens=True)
+            text, stopped = cut_at_stop(text, params.stop)
             completions.append(Completion(
-                text=tokenizer.decode(row[:produced], skip_special_tokens=True).strip(),
+                text=text.strip(),
+                finish_reason="stop" if ended is not None or stopped else "length",
                 usage=Usage(prompt_tokens=sum(prompt_mask), completion_tokens=produced),
                 latency_s=latency,
-                cost_usd=self.price_per_gpu_hour * latency / 3600 / len(chunk),
+                cost_usd=None,
             ))
         return completions
 
@@ -130,3 +141,9 @@ class LocalEndpoint(Endpoint):
         elif configured:
             ids.update(configured)
         return sorted(i for i in ids if i is not None)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the first of the ``stop`` strings, and whether one was found."""
+    found = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[:min(found)], True) if found else (text, False)

@@ -1,21 +1,29 @@
 """A job's directory: the only channel between the client and its detached worker process.
 
-The worker writes; the provider reads. ``state.json`` is replaced atomically, ``events.jsonl`` only
-grows. Nothing here imports torch, so reading a job stays cheap.
+Both the worker and any client process (``tuneproxy jobs show`` in another terminal) may write to it, so
+every read-modify-write of ``state.json`` and every append to ``events.jsonl`` holds an exclusive
+``flock`` on the job's lock file; readers need no lock (``state.json`` is replaced atomically, event lines
+are written whole). Nothing here imports torch, so reading a job stays cheap. The package targets Linux
+and macOS (``fcntl``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from tuneproxy.contract import Clock, utc_now
 
 JOB_FILE = "job.json"
 STATE_FILE = "state.json"
 EVENTS_FILE = "events.jsonl"
+LOCK_FILE = ".lock"
 LOG_FILE = "worker.log"
 PID_FILE = "worker.pid"
 CANCEL_FILE = "cancel"
@@ -26,17 +34,27 @@ CHECKPOINTS_DIR = "checkpoints"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
-def now_iso() -> str:
-    """UTC now as ISO 8601."""
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+def now_iso(clock: Clock = utc_now) -> str:
+    """``clock()`` (default: UTC now) as ISO 8601."""
+    return clock().isoformat()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so a reader sees the old file or the new one, never half of one."""
+    write_text_atomic(path, json.dumps(data, indent=1, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, default=str)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -48,11 +66,12 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 class JobFiles:
-    """Reads and writes one job directory."""
+    """Reads and writes one job directory. ``clock`` stamps what this writer writes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, clock: Clock = utc_now) -> None:
         self.root = Path(root)
-        self._event_total: int | None = None  # counted once, then kept: one writer at a time
+        self.clock = clock
+        self._counted = (0, 0)  # (bytes of events.jsonl already counted, complete lines in them)
 
     @property
     def job_id(self) -> str:
@@ -61,38 +80,80 @@ class JobFiles:
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def now(self) -> str:
+        """This writer's clock, as ISO 8601."""
+        return now_iso(self.clock)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the job's exclusive lock (across processes and threads); not re-entrant."""
+        fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def job(self) -> dict[str, Any]:
         """What submit wrote: the spec and the resolved settings."""
         return read_json(self.path(JOB_FILE), {})
 
     def state(self) -> dict[str, Any]:
-        """The worker's latest state (status, step, losses, throughput...)."""
+        """The latest state (status, step, losses, throughput...)."""
         return read_json(self.path(STATE_FILE), {})
 
     def update_state(self, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into the state and write it atomically."""
-        state = self.state()
-        state.update(fields, updated_at=now_iso())
-        write_json_atomic(self.path(STATE_FILE), state)
-        return state
+        """Merge ``fields`` into the state and write it atomically; returns the new state."""
+        return self.change_state(lambda state: fields)[0]
+
+    def change_state(self, change: Callable[[dict[str, Any]], Mapping[str, Any] | None]
+                     ) -> tuple[dict[str, Any], bool]:
+        """Under the lock, ask ``change(state)`` for the fields to merge (None: leave the state alone).
+
+        Returns the state as it now is and whether it was changed — a compare-and-set, so a decision
+        taken on the state (say, "not finished yet") still holds when it is written.
+        """
+        with self.locked():
+            state = self.state()
+            fields = change(dict(state))
+            if fields is None:
+                return state, False
+            state.update(fields, updated_at=self.now())
+            write_json_atomic(self.path(STATE_FILE), state)
+            return state, True
 
     def append_event(self, message: str, level: str = "info", **metrics: Any) -> dict[str, Any]:
-        """Add one event; ids are zero-padded sequence numbers, so they sort as strings."""
-        if self._event_total is None:
-            self._event_total = self._event_count()
-        self._event_total += 1
-        event = {"id": f"{self._event_total:08d}", "time": now_iso(), "level": level,
-                 "message": message, **{k: v for k, v in metrics.items() if v is not None}}
-        with self.path(EVENTS_FILE).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(event) + "\n")
+        """Add one event. Ids are zero-padded sequence numbers given under the lock from the file's own line
+        count, so they are unique and ordered across every process that writes, and sort as strings."""
+        with self.locked():
+            lines, ends_cleanly = self._count_lines()
+            event = {"id": f"{lines + 1:08d}", "time": self.now(), "level": level, "message": message,
+                     **{k: v for k, v in metrics.items() if v is not None}}
+            # a writer killed mid-line left a fragment: end it, so this event gets a line of its own
+            line = ("" if ends_cleanly else "\n") + json.dumps(event) + "\n"
+            with self.path(EVENTS_FILE).open("a", encoding="utf-8") as fh:
+                fh.write(line)
         return event
 
-    def _event_count(self) -> int:
+    def _count_lines(self) -> tuple[int, bool]:
+        """Complete lines in events.jsonl (counted incrementally; call under the lock), and whether the
+        file ends with a newline."""
+        offset, lines = self._counted
         try:
             with self.path(EVENTS_FILE).open("rb") as fh:
-                return sum(1 for _ in fh)
+                size = os.fstat(fh.fileno()).st_size
+                if size < offset:  # replaced or truncated since: count again
+                    offset, lines = 0, 0
+                fh.seek(offset)
+                tail = fh.read()
+                fh.seek(max(size - 1, 0))
+                last = fh.read(1)
         except FileNotFoundError:
-            return 0
+            self._counted = (0, 0)
+            return 0, True
+        lines += tail.count(b"\n")
+        self._counted = (offset + len(tail), lines)
+        return lines, last in (b"", b"\n")
 
     def events(self) -> list[dict[str, Any]]:
         """Every complete event line, oldest first."""
@@ -104,8 +165,8 @@ class JobFiles:
         for line in lines:
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written right now
-                break
+            except json.JSONDecodeError:  # a line being written right now, or a killed writer's fragment
+                continue
         return out
 
     def log_tail(self, lines: int = 20) -> str:
@@ -117,10 +178,15 @@ class JobFiles:
         return "\n".join(text.splitlines()[-lines:])
 
     def pid(self) -> int | None:
+        """The worker's process id, once it has been started."""
         try:
             return int(self.path(PID_FILE).read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
+
+    def write_pid(self, pid: int) -> None:
+        """Record the worker's process id (atomically: a reader never sees an empty file)."""
+        write_text_atomic(self.path(PID_FILE), str(pid))
 
     def cancel_requested(self) -> bool:
         return self.path(CANCEL_FILE).exists()

@@ -7,14 +7,18 @@ so the job outlives the client. Everything about a job lives in one folder under
     <home>/models/<name>-<size>-<mtime>/  GGUF models dequantized once into plain HF folders
     <home>/jobs/<job-id>/
         job.json        spec, resolved settings, intent id (written by submit)
-        state.json      raw status, step, epoch, losses, tokens/s, ETA, error (atomic; worker writes)
-        events.jsonl    one JobEvent per line
+        state.json      raw status, step, epoch, losses, tokens/s, ETA, error (atomic, under .lock)
+        events.jsonl    one JobEvent per line (appended under .lock)
         worker.pid, worker.log, cancel (present once cancel was asked)
         checkpoints/step-NNNNNNNN/   latest checkpoint (atomic)
         adapter/        the PEFT adapter;  merged/  the merged model (option merge)
         summary.json    wall time, tokens, tokens/s, peak memory
 
-Importing this module does not import torch: reading ``capabilities`` stays cheap.
+Several processes may follow one job (the client that submitted it, ``tuneproxy jobs show`` elsewhere).
+A job whose worker has been asked to start (state ``queued`` with ``start_requested_at``) but has no pid
+yet is alive for :data:`START_GRACE_S`, so a refresh in that window never declares it dead.
+
+Importing this module does not import torch: reading ``CAPABILITIES`` stays cheap.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -43,10 +48,9 @@ from tuneproxy.local_backend.jobfiles import (
     PID_FILE,
     TERMINAL,
     JobFiles,
-    now_iso,
     write_json_atomic,
 )
-from tuneproxy.local_backend.settings import settings_from_spec
+from tuneproxy.local_backend.settings import LocalOptions, TrainSettings, settings_from_spec
 
 from tuneproxy.contract import (
     Capabilities,
@@ -60,56 +64,72 @@ from tuneproxy.contract import (
     JobStatus,
     ParameterSpec,
     Provider,
+    ProviderOptions,
+    Quantity,
     Stats,
     UploadedFile,
     utc_now,
 )
 from tuneproxy.dataset.validate import load_examples
 from tuneproxy.errors import ConfigError, DatasetError, JobNotFound, TuneproxyError
+from tuneproxy.prices import Price
 
 MODEL_PREFIX = "local:"
 CPU_TRAINING_FLOPS = 1.0e11  # effective FLOP/s a few CPU cores reach on small-model LoRA training
-GPU_TRAINING_FLOPS = 1.0e14
-
-
-def default_home() -> Path:
-    """``$TUNEPROXY_HOME/local``, else ``~/.tuneproxy/local``."""
-    root = os.environ.get("TUNEPROXY_HOME")
-    return (Path(root).expanduser() if root else Path.home() / ".tuneproxy") / "local"
+GPU_TRAINING_FLOPS = 1.0e14  # effective FLOP/s of one recent GPU on small-model (Q)LoRA training
+TIME_SPREAD = 3.0  # the time guess is good to a factor of about this either way
+START_GRACE_S = 60.0  # how long a worker asked to start may go without a pid before it is declared dead
+CANCEL_POLL_S = 0.2
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
+def _seconds_between(start: str | None, end: str | None) -> float:
+    """Seconds from ``start`` to ``end`` (ISO 8601), 0 when either is missing or they are out of order."""
+    if not start or not end:
+        return 0.0
+    return max(0.0, (dt.datetime.fromisoformat(end) - dt.datetime.fromisoformat(start)).total_seconds())
+
+
 class LocalProvider(Provider):
     """Fine-tunes on this machine: QLoRA on a GPU, plain LoRA on CPU.
 
-    Options: ``home`` (job area), ``price_per_gpu_hour`` (USD per hour of wall-clock training, default
-    0), ``python`` (interpreter for workers), ``cancel_timeout`` (seconds ``cancel`` waits for the worker),
-    ``generation_batch_size``; any other option is a default training setting (see
-    :class:`~tuneproxy.local_backend.settings.TrainSettings`), overridden per job by ``JobSpec.options``.
+    Options are :class:`~tuneproxy.local_backend.settings.LocalOptions`: ``home`` (job area),
+    ``price_per_gpu_hour``, ``python`` (worker interpreter), ``cancel_timeout``, ``generation_batch_size``
+    and the backend's own training settings (``target_modules``, ``quantization``, ``device``, ...).
+    Portable hyperparameters come only from ``JobSpec.hyperparameters``; each is a
+    :class:`~tuneproxy.local_backend.settings.TrainSettings` field of the same name (its ``wire`` name).
+
+    The local backend states no money: a finished job reports ``gpu_hours`` (wall-clock hours of its
+    worker, summed over resumed runs) and the training tokens it processed, and :meth:`prices` gives
+    the core the user's ``price_per_gpu_hour`` to price them with. Beyond the contract: :meth:`resume`
+    (the :class:`~tuneproxy.contract.Resumable` protocol) and :meth:`delete`.
     """
 
     name: ClassVar[str] = "local"
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    Options: ClassVar[type[ProviderOptions]] = LocalOptions
+    REQUIRES: ClassVar[tuple[str, ...]] = ("torch", "transformers", "peft")
+    EXTRA: ClassVar[str | None] = "local"
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities(
         display_name="Local (QLoRA)",
-        env_key=None,
+        credentials=None,
+        tokenizer="huggingface",
         parameters={
-            "epochs": ParameterSpec(minimum=1, maximum=100),
-            "learning_rate": ParameterSpec(minimum=1e-7, maximum=1e-1),
-            "batch_size": ParameterSpec(minimum=1, maximum=1024, note="examples per optimizer step"),
-            "lora_rank": ParameterSpec(minimum=1, maximum=512),
-            "lora_alpha": ParameterSpec(minimum=1e-3, note="default 2 × lora_rank"),
-            "lora_dropout": ParameterSpec(minimum=0, maximum=0.99),
-            "max_seq_length": ParameterSpec(minimum=16, maximum=131072),
-            "warmup_ratio": ParameterSpec(minimum=0, maximum=1),
-            "seed": ParameterSpec(minimum=0),
+            "epochs": ParameterSpec(minimum=1, maximum=100, wire="epochs"),
+            "learning_rate": ParameterSpec(minimum=1e-7, maximum=1e-1, wire="learning_rate"),
+            "batch_size": ParameterSpec(minimum=1, maximum=1024, wire="batch_size",
+                                        note="examples per optimizer step"),
+            "lora_rank": ParameterSpec(minimum=1, maximum=512, wire="lora_rank"),
+            "lora_alpha": ParameterSpec(minimum=1e-3, wire="lora_alpha", note="default 2 × lora_rank"),
+            "lora_dropout": ParameterSpec(minimum=0, maximum=0.99, wire="lora_dropout"),
+            "max_seq_length": ParameterSpec(minimum=16, maximum=131072, wire="max_seq_length"),
+            "warmup_ratio": ParameterSpec(minimum=0, maximum=1, wire="warmup_ratio"),
+            "seed": ParameterSpec(minimum=0, wire="seed"),
             "suffix": ParameterSpec(note="kept as a tag on the job"),
         },
         rules=DatasetRules(formats=frozenset({"chat", "completion", "text"}), min_examples=1),
-        price_per_million_training_tokens={},
-        prices_as_of="local: priced by wall-clock time (price_per_gpu_hour), default 0",
         poll_seconds=1.0,
     )
     STATUS_MAP: ClassVar[dict[str, JobStatus]] = {
@@ -123,17 +143,19 @@ class LocalProvider(Provider):
         "cancelled": JobStatus.CANCELLED,
     }
 
-    def __init__(self, *, api_key: str | None = None, transport: Any = None, clock: Clock = utc_now,
-                 home: str | Path | None = None, price_per_gpu_hour: float = 0.0, python: str | None = None,
-                 cancel_timeout: float = 60.0, generation_batch_size: int = 8, **options: Any) -> None:
-        super().__init__(api_key=api_key, transport=transport, clock=clock, **options)
-        self.home = Path(home).expanduser() if home else default_home()
-        self.price_per_gpu_hour = float(price_per_gpu_hour)
-        self.python = python or sys.executable
-        self.cancel_timeout = cancel_timeout
-        self.generation_batch_size = generation_batch_size
+    options: LocalOptions
+
+    def __init__(self, options: ProviderOptions | Mapping[str, Any] | None = None, *,
+                 api_key: str | None = None, transport: Any = None, clock: Clock = utc_now,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__(options, api_key=api_key, transport=transport, clock=clock, sleep=sleep)
         self._workers: dict[str, subprocess.Popen[bytes]] = {}
         self._endpoints: dict[str, Endpoint] = {}
+
+    @property
+    def home(self) -> Path:
+        """The job area (option ``home``)."""
+        return self.options.home
 
     # files ------------------------------------------------------------------------------------------
 
@@ -182,9 +204,12 @@ class LocalProvider(Provider):
         # the core checks a spec before uploading, with no file yet: the data plays no part in the plan
         settings = settings_from_spec(
             spec, self._file_path(spec.training_file) if spec.training_file else "",
-            self._file_path(spec.validation_file) if spec.validation_file else None, defaults=self.options,
+            self._file_path(spec.validation_file) if spec.validation_file else None, self.options,
         )
         return settings, plan_run(settings, self.home)
+
+    def _job_files(self, job_id: str) -> JobFiles:
+        return JobFiles(self.home / "jobs" / job_id, clock=self.clock)
 
     def submit(self, spec: JobSpec) -> JobRecord:
         """Check the run, write the job folder and start its worker detached from this process."""
@@ -192,28 +217,38 @@ class LocalProvider(Provider):
             raise DatasetError("The job has no training file: upload one (provider.upload(path)) and pass its id.")
         settings, plan = self._plan(spec)
         job_id = f"ljob-{self.clock().strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}"
-        files = JobFiles(self.home / "jobs" / job_id)
+        files = self._job_files(job_id)
         files.root.mkdir(parents=True)
+        # the state says a worker is on its way before job.json makes the job visible to anyone
+        files.update_state(raw_status="queued", start_requested_at=files.now())
+        files.append_event(f"Job created for {spec.model}; the run {plan.memory.describe()}.")
         write_json_atomic(files.path(JOB_FILE), {
-            "job_id": job_id, "intent_id": spec.intent_id, "created_at": self.clock().isoformat(),
+            "job_id": job_id, "intent_id": spec.intent_id, "created_at": files.now(),
             "spec": spec.model_dump(mode="json"), "settings": settings.model_dump(mode="json"),
-            "home": str(self.home), "price_per_gpu_hour": self.price_per_gpu_hour,
+            "home": str(self.home), "options": self.options.stored(),
             "memory_estimate": plan.memory.describe(),
         })
-        files.update_state(raw_status="queued")
-        files.append_event(f"Job created for {spec.model}; the run {plan.memory.describe()}.")
         self._start_worker(files)
         return self.refresh(job_id)
 
     def _start_worker(self, files: JobFiles) -> None:
+        """Start the job's worker (the state must already say ``queued`` with ``start_requested_at``)."""
+        python = self.options.python or sys.executable
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        with files.path(LOG_FILE).open("ab") as log:
-            proc = subprocess.Popen(
-                [self.python, "-m", "tuneproxy.local_backend.worker", str(files.root)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # its own session: the job survives the client
-            )
-        files.path(PID_FILE).write_text(str(proc.pid))
+        try:
+            with files.path(LOG_FILE).open("ab") as log:
+                proc = subprocess.Popen(
+                    [python, "-m", "tuneproxy.local_backend.worker", str(files.root)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True,  # its own session: the job survives the client
+                )
+        except OSError as exc:
+            message = (f"Could not start the local worker with {python!r}: {exc}. Set the option `python` to "
+                       "an interpreter that has tuneproxy and its local extra installed.")
+            files.append_event(message, level="error")
+            files.update_state(raw_status="failed", error=message, finished_at=files.now())
+            raise ConfigError(message) from None
+        files.write_pid(proc.pid)  # the worker writes it too, first thing
         self._workers[files.job_id] = proc
 
     def resume(self, job_id: str) -> JobRecord:
@@ -224,26 +259,43 @@ class LocalProvider(Provider):
         if not record.status.terminal:
             return record
         files = self._files(job_id)
+        # while the state is still terminal nobody looks at these, so they can go first
         files.path(CANCEL_FILE).unlink(missing_ok=True)
-        files.update_state(raw_status="queued", error=None, finished_at=None)
-        files.append_event("Resume requested.")
-        self._start_worker(files)
+        files.path(PID_FILE).unlink(missing_ok=True)
+
+        def restart(state: dict[str, Any]) -> dict[str, Any] | None:
+            if state.get("raw_status") not in TERMINAL:
+                return None  # someone else resumed it meanwhile
+            return {"raw_status": "queued", "error": None, "finished_at": None, "started_at": None,
+                    "start_requested_at": files.now()}
+
+        if files.change_state(restart)[1]:
+            files.append_event("Resume requested.")
+            self._start_worker(files)
         return self.refresh(job_id)
 
     def _files(self, job_id: str) -> JobFiles:
-        files = JobFiles(self.home / "jobs" / job_id)
+        files = self._job_files(job_id)
         if not files.path(JOB_FILE).is_file():
             raise JobNotFound(f"No local job {job_id!r} under {self.home / 'jobs'}. Check the id and `home`.")
         return files
 
-    def _alive(self, files: JobFiles) -> bool:
-        """Whether the job's worker process still runs (reaping it if this client started it)."""
-        proc = self._workers.get(files.job_id)
-        if proc is not None and proc.pid == files.pid():
-            return proc.poll() is None
-        pid = files.pid()
-        if pid is None:
+    def _starting(self, state: dict[str, Any]) -> bool:
+        """Whether a worker was asked to start less than :data:`START_GRACE_S` ago and has no pid yet."""
+        requested = _parse_time(state.get("start_requested_at"))
+        if state.get("raw_status") != "queued" or requested is None:
             return False
+        return (self.clock() - requested).total_seconds() < START_GRACE_S
+
+    def _alive(self, files: JobFiles, state: dict[str, Any]) -> bool:
+        """Whether the job's worker still runs, or is still being started (reaping it if this client
+        started it)."""
+        pid = files.pid()
+        proc = self._workers.get(files.job_id)
+        if proc is not None and proc.pid == pid:
+            return proc.poll() is None
+        if pid is None:
+            return self._starting(state)
         proc_dir = Path(f"/proc/{pid}")
         if Path("/proc/self").exists():
             try:
@@ -261,19 +313,33 @@ class LocalProvider(Provider):
 
     def _settle(self, files: JobFiles) -> dict[str, Any]:
         """The job's state; a worker that died without a final state is recorded as failed/cancelled."""
-        state = files.state()
-        if state.get("raw_status") in TERMINAL or self._alive(files):
-            return state
-        state = files.state()  # it may have finished between the two reads
-        if state.get("raw_status") in TERMINAL:
-            return state
-        if files.cancel_requested():
-            return files.update_state(raw_status="cancelled", finished_at=now_iso())
-        error = (f"The local worker (pid {files.pid()}) stopped without reporting a final state (killed, or "
-                 f"out of memory?). Resume it with LocalProvider.resume({files.job_id!r}) or submit again. "
+        seen = files.state()
+        if seen.get("raw_status") in TERMINAL or self._alive(files, seen):
+            return seen
+        pid = files.pid()
+        worker = f"The local worker (pid {pid})" if pid else "The local worker (never started)"
+        error = (f"{worker} stopped without reporting a final state (killed, or out of memory?). "
+                 f"Resume it with LocalProvider.resume({files.job_id!r}) or submit again. "
                  f"Last log lines:\n{files.log_tail(15) or '(empty log)'}")
-        files.append_event(error, level="error")
-        return files.update_state(raw_status="failed", error=error, finished_at=now_iso())
+        cancelled = files.cancel_requested()
+
+        def declare_dead(state: dict[str, Any]) -> dict[str, Any] | None:
+            # it may have finished, or been resumed, since we looked
+            if state.get("raw_status") in TERMINAL or state.get("start_requested_at") != seen.get(
+                    "start_requested_at"):
+                return None
+            # the time it ran, up to its last report, is billable like a run that ended normally
+            ran = _seconds_between(state.get("started_at"), state.get("updated_at"))
+            fields: dict[str, Any] = {"finished_at": files.now(), "started_at": None,
+                                      "billable_seconds": state.get("billable_seconds", 0.0) + ran}
+            if cancelled:
+                return {**fields, "raw_status": "cancelled"}
+            return {**fields, "raw_status": "failed", "error": error}
+
+        state, changed = files.change_state(declare_dead)
+        if changed and not cancelled:
+            files.append_event(error, level="error")
+        return state
 
     def refresh(self, job_id: str) -> JobRecord:
         """The job's current state, read from its folder."""
@@ -283,22 +349,24 @@ class LocalProvider(Provider):
         if raw not in TERMINAL and files.cancel_requested():
             raw = "cancel_requested"
         status = self.status(raw)
-        summary = files.summary() if status == JobStatus.SUCCEEDED else {}
-        billed = None
+        billable: list[Quantity] = []
         if status.terminal:
-            billed = state.get("billable_seconds", 0.0) / 3600 * job.get("price_per_gpu_hour", 0.0)
+            billable.append(Quantity(kind="gpu_hours", amount=state.get("billable_seconds", 0.0) / 3600,
+                                     hardware=state.get("device")))
+            if state.get("trained_tokens") is not None:
+                billable.append(Quantity(kind="training_tokens", amount=state["trained_tokens"]))
         detail = {key: state.get(key) for key in
                   ("step", "total_steps", "epoch", "train_loss", "valid_loss", "tokens_per_s", "eta_s")}
         detail.update(job_dir=str(files.root), memory_estimate=job.get("memory_estimate"))
         if status == JobStatus.SUCCEEDED:
-            detail.update(adapter=str(files.path(ADAPTER_DIR)), summary=summary)
+            detail.update(adapter=str(files.path(ADAPTER_DIR)), summary=files.summary())
             if files.path(MERGED_DIR).is_dir():
                 detail["merged"] = str(files.path(MERGED_DIR))
         return JobRecord(
-            provider=self.name, job_id=job_id, model=job["spec"]["model"], status=status, raw_status=raw,
-            fine_tuned_model=f"{MODEL_PREFIX}{job_id}" if status == JobStatus.SUCCEEDED else None,
+            provider=self.name, job_id=job_id, base_model=job["spec"]["model"], status=status, raw_status=raw,
+            tuned_model=f"{MODEL_PREFIX}{job_id}" if status == JobStatus.SUCCEEDED else None,
             created_at=_parse_time(job.get("created_at")), finished_at=_parse_time(state.get("finished_at")),
-            error=state.get("error"), trained_tokens=state.get("trained_tokens"), billed_usd=billed,
+            error=state.get("error"), billable=billable, billed_usd=None,
             intent_id=job.get("intent_id"), detail=detail,
         )
 
@@ -308,32 +376,25 @@ class LocalProvider(Provider):
         return [JobEvent(**e) for e in files.events() if after is None or e["id"] > after]
 
     def cancel(self, job_id: str) -> JobRecord:
-        """Ask the worker to stop after its current step and wait (up to ``cancel_timeout``) until it has."""
+        """Ask the worker to stop after its current step (cancel file and SIGTERM), then follow the job for
+        at most ``cancel_timeout`` seconds (with the provider's ``sleep``) and return its record."""
         files = self._files(job_id)
         record = self.refresh(job_id)
         if record.status.terminal:
             return record
         files.path(CANCEL_FILE).touch()
         pid = files.pid()
-        if pid is not None and self._alive(files):
+        if pid is not None and self._alive(files, files.state()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.cancel_timeout
-        while time.monotonic() < deadline:
-            record = self.refresh(job_id)
-            if record.status.terminal:
-                break
-            time.sleep(0.1)
-        return record
-
-    def wait(self, job_id: str, poll_s: float = 0.5, timeout_s: float | None = None) -> JobRecord:
-        """Block until the job ends (or ``timeout_s`` passes) and return its last record."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        waited = 0.0
         while True:
             record = self.refresh(job_id)
-            if record.status.terminal or (deadline is not None and time.monotonic() > deadline):
+            if record.status.terminal or waited >= self.options.cancel_timeout:
                 return record
-            time.sleep(poll_s)
+            pause = min(CANCEL_POLL_S, self.options.cancel_timeout - waited)
+            self.sleep(pause)
+            waited += pause
 
     def find_job(self, intent_id: str) -> JobRecord | None:
         """The job submitted for ``intent_id``, if any (newest first)."""
@@ -346,34 +407,53 @@ class LocalProvider(Provider):
         return None
 
     def delete(self, job_id: str) -> None:
-        """Remove a finished job's folder (adapter included)."""
+        """Remove a finished job's folder, adapter and checkpoints included (the ledger keeps its record).
+
+        A job still running is refused: cancel it first."""
         record = self.refresh(job_id)
         if not record.status.terminal:
             raise ConfigError(f"Job {job_id} is still {record.raw_status}; cancel it before deleting it.")
         shutil.rmtree(self._files(job_id).root)
 
-    # money and models -------------------------------------------------------------------------------
+    # cost and models --------------------------------------------------------------------------------
+
+    def prices(self) -> list[Price]:
+        """The user's price for an hour of this machine (option ``price_per_gpu_hour``), which the core
+        matches before the catalogue's to price the ``gpu_hours`` a job reports."""
+        return [Price(
+            provider="local", kind="gpu_hour", usd=self.options.price_per_gpu_hour, per=1, source="local",
+            as_of=self.clock().date(),
+            note="LocalProvider option price_per_gpu_hour: your own figure for an hour of wall-clock training "
+                 "or generation on this machine (default 0).",
+        )]
 
     def estimate(self, stats: Stats, spec: JobSpec) -> CostEstimate:
-        """Wall-clock hours (a guess from model size and device) × ``price_per_gpu_hour`` (default 0)."""
-        epochs = spec.hyperparameters.epochs or spec.options.get("epochs") or self.options.get("epochs") or 3
+        """The training tokens and a guess of the wall-clock hours (from model size and device); the core
+        prices the hours with :meth:`prices`."""
+        epochs = spec.hyperparameters.epochs or TrainSettings.model_fields["epochs"].default
         tokens = stats.billable_tokens(epochs)
+        quantities = [Quantity(kind="training_tokens", amount=tokens)]
+        device = self.options.device
+        on_gpu = device == "cuda" or (device == "auto" and Path("/dev/nvidia0").exists())
         params = guess_parameters(spec.model)
-        on_gpu = Path("/dev/nvidia0").exists() and spec.options.get("device", "auto") != "cpu"
-        hours = None
-        if params:
-            flops = GPU_TRAINING_FLOPS if on_gpu else CPU_TRAINING_FLOPS
-            hours = tokens * 6 * params / flops / 3600
-        price = self.price_per_gpu_hour
-        if price == 0:
-            usd: float | None = 0.0
-        else:
-            usd = None if hours is None else hours * price
-        guess = f"about {hours * 60:.1f} min" if hours is not None else "unknown time (model size unknown)"
+        where = "GPU" if on_gpu else "CPU"
+        if params is None:
+            return CostEstimate(
+                provider=self.name, model=spec.model, quantities=quantities, usd=None, authoritative=False,
+                basis=(f"local training on {where}: {tokens:,} tokens ({epochs} epoch(s)); the time cannot be "
+                       "guessed because the model's size is unknown."),
+            )
+        flops = GPU_TRAINING_FLOPS if on_gpu else CPU_TRAINING_FLOPS
+        hours = tokens * 6 * params / flops / 3600
+        quantities.append(Quantity(kind="gpu_hours", amount=hours, low=hours / TIME_SPREAD,
+                                   high=hours * TIME_SPREAD))
         return CostEstimate(
-            provider=self.name, model=spec.model, usd=usd, billable_tokens=tokens,
-            basis=(f"local training on {'GPU' if on_gpu else 'CPU'}: {tokens} tokens, {guess} "
-                   f"× ${price}/GPU-hour (set price_per_gpu_hour; local runs cost nothing by default)."),
+            provider=self.name, model=spec.model, quantities=quantities, usd=None, authoritative=False,
+            wall_time_s=hours * 3600,
+            basis=(f"local training on {where}: {tokens:,} tokens ({epochs} epoch(s)) × 6 FLOP per parameter "
+                   f"per token × {params:,} parameters ÷ {flops:.0e} FLOP/s (a typical effective rate on "
+                   f"{where}) ≈ {hours * 60:.1f} min, good to about ×{TIME_SPREAD:g} either way; the hours "
+                   "are priced at the option price_per_gpu_hour (default 0)."),
         )
 
     def endpoint(self, model: str) -> Endpoint:
@@ -385,8 +465,7 @@ class LocalProvider(Provider):
     def _make_endpoint(self, model: str) -> Endpoint:
         from tuneproxy.local_backend.generate import LocalEndpoint
 
-        common = {"home": self.home, "batch_size": self.generation_batch_size,
-                  "price_per_gpu_hour": self.price_per_gpu_hour}
+        common: dict[str, Any] = {"home": self.home, "batch_size": self.options.generation_batch_size}
         if model.startswith(MODEL_PREFIX):
             job_id = model[len(MODEL_PREFIX):]
             record = self.refresh(job_id)
@@ -397,15 +476,13 @@ class LocalProvider(Provider):
             settings = self._files(job_id).job()["settings"]
             return LocalEndpoint(model, base=settings["model"], adapter=self._files(job_id).path(ADAPTER_DIR),
                                  quantization=settings["quantization"], device=settings["device"], **common)
+        common.update(quantization=self.options.quantization, device=self.options.device)
         adapter_config = Path(model).expanduser() / "adapter_config.json"
         if adapter_config.is_file():
             base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-            return LocalEndpoint(model, base=base, adapter=adapter_config.parent,
-                                 quantization=self.options.get("quantization", "auto"),
-                                 device=self.options.get("device", "auto"), **common)
+            return LocalEndpoint(model, base=base, adapter=adapter_config.parent, **common)
         models.resolve(model)  # fail now, clearly, if the base model cannot be found
-        return LocalEndpoint(model, base=model, quantization=self.options.get("quantization", "auto"),
-                             device=self.options.get("device", "auto"), **common)
+        return LocalEndpoint(model, base=model, **common)
 
 
 def guess_parameters(model: str) -> int | None:

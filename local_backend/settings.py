@@ -1,36 +1,33 @@
-"""The local backend's training settings: portable hyperparameters plus backend options, as data.
+"""The local backend's settings, as data: its provider options and each run's training settings.
+
+:class:`LocalOptions` is the provider's typed options (``Tuner(provider_options=...)``, ``-o KEY=VALUE``, the
+config file): where jobs live, what an hour of this machine costs, and the training settings that are the
+backend's own (:class:`TrainingOptions`). Portable hyperparameters (epochs, learning_rate, ...) are never
+options: they come only from ``JobSpec.hyperparameters``. :func:`settings_from_spec` combines the two into
+one run's :class:`TrainSettings`.
 
 Importing this module is cheap (no torch): the provider validates a job's settings at submit time.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tuneproxy.contract import JobSpec
-from tuneproxy.errors import ConfigError
+from tuneproxy import paths
+from tuneproxy.contract import JobSpec, ProviderOptions
+from tuneproxy.errors import config_error_from
 
 
-class TrainSettings(BaseModel):
-    """Everything one local fine-tuning run needs. Defaults suit a few hundred short chat examples."""
+class TrainingOptions(BaseModel):
+    """Training settings that are the local backend's own, not portable hyperparameters.
+
+    They are provider options (:class:`LocalOptions`), copied into every run's :class:`TrainSettings`.
+    """
 
     model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="Local HF folder, .gguf file, bundled alias or hub id.")
-    training_file: str = Field(description="Path of the training JSONL.")
-    validation_file: str | None = Field(None, description="Path of the holdout JSONL (optional).")
-
-    epochs: int = Field(3, ge=1, description="Passes over the training data.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (after warmup).")
-    batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
-    lora_rank: int = Field(16, ge=1, description="LoRA rank r.")
-    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 2 × rank.")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
-    max_seq_length: int = Field(1024, ge=16, description="Longer examples are truncated to this.")
-    warmup_ratio: float = Field(0.05, ge=0, le=1, description="Fraction of steps with linear warmup.")
-    seed: int = Field(42, ge=0, description="Seeds LoRA init, data order and dropout.")
 
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Linear layer names to adapt (e.g. ['q_proj', 'v_proj']) or 'all-linear'."
@@ -53,6 +50,28 @@ class TrainSettings(BaseModel):
         None, gt=0, description="Memory to plan against instead of the detected GPU memory or RAM."
     )
 
+
+TRAINING_OPTIONS: tuple[str, ...] = tuple(TrainingOptions.model_fields)
+
+
+class TrainSettings(TrainingOptions):
+    """Everything one local fine-tuning run needs. Defaults suit a few hundred short chat examples."""
+
+    model: str = Field(description="Local HF folder, .gguf file, bundled alias or hub id.")
+    training_file: str = Field(description="Path of the training JSONL.")
+    validation_file: str | None = Field(None, description="Path of the holdout JSONL (optional).")
+
+    # portable hyperparameters (tuneproxy.contract.Hyperparameters), with this backend's defaults
+    epochs: int = Field(3, ge=1, description="Passes over the training data.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (after warmup).")
+    batch_size: int = Field(8, ge=1, description="Examples per optimizer step.")
+    lora_rank: int = Field(16, ge=1, description="LoRA rank r.")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; default 2 × rank.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    max_seq_length: int = Field(1024, ge=16, description="Longer examples are truncated to this.")
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="Fraction of steps with linear warmup.")
+    seed: int = Field(42, ge=0, description="Seeds LoRA init, data order and dropout.")
+
     @property
     def alpha(self) -> float:
         """LoRA alpha, defaulting to twice the rank."""
@@ -64,26 +83,51 @@ class TrainSettings(BaseModel):
         return self.pack_tokens or self.max_seq_length
 
 
-BACKEND_OPTIONS: tuple[str, ...] = tuple(
-    name for name in TrainSettings.model_fields
-    if name not in {"model", "training_file", "validation_file"}
-)
+def default_home() -> Path:
+    """``$TUNEPROXY_HOME/local`` (default ``~/.tuneproxy/local``)."""
+    return paths.home() / "local"
+
+
+class _ProcessOptions(ProviderOptions):
+    """The options about this machine and its worker processes (listed first)."""
+
+    home: Path = Field(default_factory=default_home,
+                       description="Folder holding uploads, models and jobs; default $TUNEPROXY_HOME/local "
+                                   "(~/.tuneproxy/local).")
+    price_per_gpu_hour: float = Field(
+        0.0, ge=0, description="What an hour of this machine costs you, in USD, per hour of wall-clock "
+                               "training or generation; default 0 (your own hardware costs nothing here).")
+    python: str | None = Field(None, description="Interpreter that runs the worker processes; default the one "
+                                                 "running tuneproxy.")
+    cancel_timeout: float = Field(60.0, ge=0, description="Seconds cancel() waits for the worker to stop.")
+    generation_batch_size: int = Field(8, ge=1, description="Conversations an endpoint generates at once.")
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand(cls, home: Path) -> Path:
+        return home.expanduser()
+
+
+class LocalOptions(TrainingOptions, _ProcessOptions):
+    """The local backend's options: the job area, the machine's price, worker settings, and the default
+    training settings that are not portable hyperparameters (the same fields as :class:`TrainingOptions`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# portable hyperparameters that do not change the run (kept on the job as given)
+NOT_TRAINED: frozenset[str] = frozenset({"suffix"})
 
 
 def settings_from_spec(spec: JobSpec, training_path: str, validation_path: str | None,
-                       defaults: dict[str, Any] | None = None) -> TrainSettings:
-    """Build the run's settings: provider defaults, then the spec's options, then its hyperparameters."""
-    given = spec.hyperparameters.given()
-    given.pop("suffix", None)
-    values: dict[str, Any] = {**(defaults or {}), **spec.options, **given}
+                       options: LocalOptions) -> TrainSettings:
+    """Build the run's settings: the provider's training options, then the spec's hyperparameters."""
+    values: dict[str, Any] = options.model_dump(include=set(TRAINING_OPTIONS))
+    values.update({k: v for k, v in spec.hyperparameters.given().items() if k not in NOT_TRAINED})
     values.update(model=spec.model, training_file=training_path, validation_file=validation_path)
     try:
         return TrainSettings(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(
-            f"Invalid local training settings ({problems}). Backend options are: "
-            f"{', '.join(BACKEND_OPTIONS)}."
-        ) from None
+        raise config_error_from(exc, "Invalid local training settings",
+                                "Portable hyperparameters are set on the job; the local backend's own "
+                                f"settings are provider options ({', '.join(TRAINING_OPTIONS)}).") from None

@@ -281,7 +281,7 @@ class Trainer:
         total = self.total_steps(len(train_set))
         scheduler = self._scheduler(optimizer, total)
         progress = self._resume(model, optimizer, scheduler)
-        self.files.update_state(raw_status="running", step=progress.step, total_steps=total)
+        self.files.update_state(raw_status="running", step=progress.step, total_steps=total, device=run.device)
         self._loop(model, optimizer, scheduler, train_set, valid_rows, run, progress, total)
         self.model = model
         adapter = self.files.path(ADAPTER_DIR)

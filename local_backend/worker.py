@@ -2,18 +2,21 @@
 
 It reads the job's settings from JOBDIR, trains, and writes status, metrics and events back into JOBDIR
 for the provider to read. SIGTERM (cancel) is honoured between steps; the signal handler is installed
-before the heavy imports so an early cancel is never lost.
+before the heavy imports so an early cancel is never lost. The worker records its own pid as soon as it
+starts (the client writes it too, right after starting it), so a job is never left without one.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
-from tuneproxy.local_backend.jobfiles import JobFiles, now_iso
+from tuneproxy.local_backend.jobfiles import TERMINAL, JobFiles
 
 _stop = False
 
@@ -30,11 +33,22 @@ def stop_requested(files: JobFiles) -> bool:
 
 def finish(files: JobFiles, status: str, started: float, error: str | None = None) -> None:
     """Write the final state; billable time accumulates across resumed runs."""
-    state = files.state()
-    files.update_state(
-        raw_status=status, error=error, finished_at=now_iso(),
-        billable_seconds=state.get("billable_seconds", 0.0) + (time.monotonic() - started),
-    )
+    elapsed = time.monotonic() - started
+    files.change_state(lambda state: {
+        "raw_status": status, "error": error, "finished_at": files.now(),
+        "billable_seconds": state.get("billable_seconds", 0.0) + elapsed,
+    })
+
+
+def begin(files: JobFiles) -> bool:
+    """Mark the job as loading, unless it already ended (a client gave up on this worker before it
+    started, or it was cancelled): then leave the recorded outcome alone and return False."""
+    def start(state: dict[str, Any]) -> dict[str, Any] | None:
+        if state.get("raw_status") in TERMINAL:
+            return None
+        return {"raw_status": "loading_model", "started_at": files.now(), "error": None}
+
+    return files.change_state(start)[1]
 
 
 def run_job(job_dir: Path) -> int:
@@ -45,7 +59,9 @@ def run_job(job_dir: Path) -> int:
 
     files = JobFiles(job_dir)
     started = time.monotonic()
-    files.update_state(raw_status="loading_model", started_at=now_iso(), error=None)
+    if not begin(files):
+        print(f"job already {files.state().get('raw_status')}; nothing to do", file=sys.stderr)
+        return 0
     try:
         from tuneproxy.local_backend.train import Stopped, Trainer
 
@@ -82,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m tuneproxy.local_backend.worker JOBDIR", file=sys.stderr)
         return 2
+    JobFiles(Path(args[0])).write_pid(os.getpid())
     return run_job(Path(args[0]))
 
 

@@ -16,14 +16,11 @@ from tuneproxy.contract import (
     JobRecord,
     JobSpec,
     Provider,
+    Quantity,
     Stats,
     UploadedFile,
 )
-from tuneproxy.errors import ConfigError
-
-
-class LifecycleNotBuilt(ConfigError):
-    """Submitting to this service is not built yet."""
+from tuneproxy.errors import LifecycleNotBuilt
 
 
 class ProfileOnlyProvider(Provider):
@@ -58,16 +55,10 @@ class ProfileOnlyProvider(Provider):
         raise self._not_built("Generating with a model")
 
     def estimate(self, stats: Stats, spec: JobSpec) -> CostEstimate:
-        """Tokens × epochs × the size band's price per million tokens, when a band matches the model."""
-        caps = self.capabilities
+        """Training tokens × epochs (1 when not given), for the core to price with the catalogue."""
         epochs = spec.hyperparameters.epochs or 1
-        tokens = stats.billable_tokens(epochs)
-        price = next((p for band, p in caps.price_per_million_training_tokens.items()
-                      if band in spec.model.lower()), None)
-        if price is None:
-            return CostEstimate(provider=self.name, model=spec.model, usd=None, billable_tokens=tokens,
-                                basis=f"no price known for {spec.model}; see {caps.display_name}'s pricing page")
         return CostEstimate(
-            provider=self.name, model=spec.model, usd=round(tokens * price / 1e6, 4), billable_tokens=tokens,
-            basis=f"{tokens:,} tokens × ${price}/1M (price list as of {caps.prices_as_of}).",
+            provider=self.name, model=spec.model,
+            quantities=[Quantity(kind="training_tokens", amount=stats.billable_tokens(epochs))],
+            basis=f"{stats.total_tokens:,} tokens × {epochs} epochs",
         )

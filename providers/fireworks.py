@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tuneproxy.providers._profile import ProfileOnlyProvider
-
-from tuneproxy.contract import Capabilities, DatasetRules, JobStatus, ParameterSpec
+from tuneproxy.contract import Capabilities, Credentials, DatasetRules, JobStatus, ParameterSpec
 from tuneproxy.dataset.convert import chat_record
 from tuneproxy.dataset.examples import Example
+
+from ._profile import ProfileOnlyProvider
 
 MESSAGE_KEYS = frozenset({"role", "content", "weight", "tool_calls", "tool_call_id", "name", "reasoning_content"})
 
@@ -20,10 +20,10 @@ MESSAGE_KEYS = frozenset({"role", "content", "weight", "tool_calls", "tool_call_
 class FireworksProvider(ProfileOnlyProvider):
     """Fireworks AI supervised fine-tuning (LoRA)."""
 
-    name = "fireworks"
-    capabilities = Capabilities(
+    name: ClassVar[str] = "fireworks"
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities(
         display_name="Fireworks AI",
-        env_key="FIREWORKS_API_KEY",
+        credentials=Credentials(env_var="FIREWORKS_API_KEY", key_pattern=r"fw_[A-Za-z0-9]{8,}"),
         parameters={
             "epochs": ParameterSpec(minimum=1),
             "learning_rate": ParameterSpec(),
@@ -44,10 +44,8 @@ class FireworksProvider(ProfileOnlyProvider):
             system_only_first=True,
             default_context_tokens=32768,
         ),
-        price_per_million_training_tokens={"8b": 0.50, "7b": 0.50, "3b": 0.50, "1b": 0.50, "70b": 3.00},
-        prices_as_of="2026-10-08 (third-party capture of fireworks.ai/pricing)",
     )
-    STATUS_MAP: ClassVar = {
+    STATUS_MAP: ClassVar[dict[str, JobStatus]] = {
         **{f"JOB_STATE_{s}": JobStatus.QUEUED for s in
            ("CREATING", "PENDING", "RE_QUEUEING", "CREATING_INPUT_DATASET", "IDLE")},
         "JOB_STATE_VALIDATING": JobStatus.VALIDATING,
@@ -60,6 +58,11 @@ class FireworksProvider(ProfileOnlyProvider):
         "JOB_STATE_CANCELLED": JobStatus.CANCELLED,
         "JOB_STATE_CANCELLING": JobStatus.RUNNING,
     }
+    # A job being deleted, deleted or archived says nothing about how training ended, a paused one is
+    # neither running nor finished, and UNSPECIFIED is the protobuf default: shown as unknown, with a warning.
+    DOCUMENTED_UNMAPPED: ClassVar[frozenset[str]] = frozenset(
+        f"JOB_STATE_{s}" for s in ("UNSPECIFIED", "DELETING", "DELETING_CLEANING_UP", "PAUSED", "DELETED", "ARCHIVED")
+    )
 
     def serialize(self, example: Example) -> dict[str, Any]:
         """Fireworks chat JSONL: ``messages`` (known keys only) and ``tools``."""

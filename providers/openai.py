@@ -5,7 +5,8 @@ Facts this module relies on (see reference/providers-openai-together.md):
   OpenAI has no LoRA settings and no absolute learning rate, only a multiplier.
 - A job carries up to 16 metadata pairs: tuneproxy puts its intent id there, so a create whose answer
   was lost can be found again by listing jobs filtered on that metadata.
-- Cost is ``trained_tokens`` × the training price; there is no estimate endpoint.
+- The bill is ``trained_tokens`` (SFT and DPO alike) at the catalogue's training price; there is no
+  estimate endpoint, so tokens are counted locally with OpenAI's own tokenizer.
 - Self-serve fine-tuning is being wound down: no new jobs from 2027-01-06.
 """
 
@@ -15,9 +16,12 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from pydantic import Field
+
 from tuneproxy.contract import (
     Capabilities,
     CostEstimate,
+    Credentials,
     DatasetRules,
     Endpoint,
     JobEvent,
@@ -25,34 +29,17 @@ from tuneproxy.contract import (
     JobSpec,
     JobStatus,
     ParameterSpec,
+    Quantity,
     Stats,
     UploadedFile,
 )
 
-from ._sdk import ChatEndpoint, SDKProvider, price_for, to_datetime
+from ._http import to_datetime
+from ._sdk import SDKOptions, SDKProvider
 
 INTENT_KEY = "tuneproxy_intent"
 DEFAULT_EPOCHS = 3  # what "auto" usually picks for a few hundred examples; stated in every estimate
 SUNSET = dt.date(2027, 1, 6)
-
-TRAINING_PRICES = {  # USD per 1M training tokens
-    "gpt-4.1": 25.0,
-    "gpt-4.1-mini": 5.0,
-    "gpt-4.1-nano": 1.5,
-    "gpt-4o-2024-08-06": 25.0,
-    "gpt-4o-mini": 3.0,
-}
-INFERENCE_PRICES = {  # USD per 1M (input, output) tokens on fine-tuned models
-    "gpt-4.1": (3.0, 12.0),
-    "gpt-4.1-mini": (0.8, 3.2),
-    "gpt-4.1-nano": (0.2, 0.8),
-    "gpt-4o-2024-08-06": (3.75, 15.0),
-    "gpt-4o-mini": (0.3, 1.2),
-}
-PRICES_AS_OF = (
-    "2026 (UNVERIFIED: third-party summaries of developers.openai.com/api/docs/pricing, matching the "
-    "2025 official page)"
-)
 
 MESSAGE_KEYS = frozenset(
     {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
@@ -60,13 +47,14 @@ MESSAGE_KEYS = frozenset(
 
 CAPABILITIES = Capabilities(
     display_name="OpenAI",
-    env_key="OPENAI_API_KEY",
+    credentials=Credentials(env_var="OPENAI_API_KEY", key_pattern=r"sk-[A-Za-z0-9_\-]{8,}"),
+    tokenizer="tiktoken",
     parameters={
-        "epochs": ParameterSpec(minimum=1, maximum=50, note="sent as n_epochs; default 'auto'"),
-        "batch_size": ParameterSpec(minimum=1, maximum=256, note="default 'auto'"),
-        "learning_rate_multiplier": ParameterSpec(note="> 0; default 'auto'"),
-        "seed": ParameterSpec(minimum=0, maximum=2**31 - 1),
-        "suffix": ParameterSpec(note="1-64 characters, part of the tuned model's name"),
+        "epochs": ParameterSpec(minimum=1, maximum=50, wire="n_epochs", note="default 'auto'"),
+        "batch_size": ParameterSpec(minimum=1, maximum=256, wire="batch_size", note="default 'auto'"),
+        "learning_rate_multiplier": ParameterSpec(wire="learning_rate_multiplier", note="> 0; default 'auto'"),
+        "seed": ParameterSpec(minimum=0, maximum=2**31 - 1, note="sent at the top level of the job"),
+        "suffix": ParameterSpec(note="1-64 characters, part of the tuned model's name; sent at the top level"),
     },
     rules=DatasetRules(
         formats=frozenset({"chat", "preference"}),
@@ -92,22 +80,24 @@ CAPABILITIES = Capabilities(
         "OpenAI is winding down self-serve fine-tuning (notice of 2026-05-07): from 2027-01-06 nobody can "
         "create new jobs; tuned models stay callable until their base model shuts down."
     ),
-    price_per_million_training_tokens=TRAINING_PRICES,
-    prices_as_of=PRICES_AS_OF,
 )
 
 
-class OpenAIProvider(SDKProvider):
-    """OpenAI's fine-tuning API.
+class OpenAIOptions(SDKOptions):
+    """OpenAI's settings (the key comes from ``OPENAI_API_KEY``)."""
 
-    ``OpenAIProvider(api_key=..., transport=None, clock=utc_now, **options)``: ``transport`` is any
-    httpx2 transport (a :class:`tuneproxy.recording.ReplayTransport` in tests), used by both the sync
-    client and the async one behind :meth:`endpoint`. Options are those of ``SDKProvider`` plus
-    ``organization`` and ``project``.
-    """
+    organization: str | None = Field(None, description="The organization id to bill (default: the key's).")
+    project: str | None = Field(None, description="The project id to bill (default: the key's).")
+
+
+class OpenAIProvider(SDKProvider):
+    """OpenAI's fine-tuning API, through the openai SDK on an httpx2 transport (a
+    :class:`tuneproxy.recording.ReplayTransport` in tests) shared by the sync client and the async one
+    behind :meth:`endpoint`. Settings: :class:`OpenAIOptions`."""
 
     name: ClassVar[str] = "openai"
-    capabilities: ClassVar[Capabilities] = CAPABILITIES
+    Options = OpenAIOptions
+    CAPABILITIES: ClassVar[Capabilities] = CAPABILITIES
     # ``pausing``/``paused`` are documented but outside the SDK's enum, and a paused job is neither
     # running nor finished: they are left out on purpose, so they surface as UNKNOWN with a warning.
     STATUS_MAP: ClassVar[dict[str, JobStatus]] = {
@@ -124,19 +114,15 @@ class OpenAIProvider(SDKProvider):
 
     # ------------------------------------------------------------------ clients
 
-    def _sdk_errors(self) -> tuple[type[BaseException], tuple[type[BaseException], ...]]:
+    def sdk_errors(self) -> tuple[type[BaseException], tuple[type[BaseException], ...]]:
         import openai
 
         return openai.APIError, (openai.APIConnectionError,)
 
-    def _client_kwargs(self) -> dict[str, Any]:
-        return {
-            "api_key": self._require_key(),
-            "base_url": self.options.get("base_url"),
-            "organization": self.options.get("organization"),
-            "project": self.options.get("project"),
-            "_strict_response_validation": bool(self.options.get("strict_responses", False)),
-        }
+    def client_arguments(self) -> dict[str, Any]:
+        options = self.options
+        assert isinstance(options, OpenAIOptions)
+        return {**super().client_arguments(), "organization": options.organization, "project": options.project}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -145,16 +131,13 @@ class OpenAIProvider(SDKProvider):
         path = Path(path)
         with path.open("rb") as handle:
             data = handle.read()
-        f = self._write(f"upload {path.name}",
-                        lambda: self.client.files.create(file=(path.name, data), purpose="fine-tune"))
+        f = self._call(f"upload {path.name}",
+                       lambda: self.client.files.create(file=(path.name, data), purpose="fine-tune"), retry=False)
         return UploadedFile(id=f.id, filename=f.filename, bytes=f.bytes, purpose=purpose)
 
     def method_for(self, spec: JobSpec) -> dict[str, Any]:
         """The ``method`` block: supervised, or DPO for preference data, with the given hyperparameters."""
-        given = self.translate(spec.hyperparameters)
-        names = {"epochs": "n_epochs", "batch_size": "batch_size",
-                 "learning_rate_multiplier": "learning_rate_multiplier"}
-        hyper = {wire: given[portable] for portable, wire in names.items() if portable in given}
+        hyper = self.wire_parameters(spec.hyperparameters)
         kind = "dpo" if spec.format == "preference" else "supervised"
         return {"type": kind, kind: {"hyperparameters": hyper}} if hyper else {"type": kind}
 
@@ -177,17 +160,17 @@ class OpenAIProvider(SDKProvider):
 
     def refresh(self, job_id: str) -> JobRecord:
         """The job as OpenAI reports it now, with billed cost once it has ended."""
-        return self._record(self._read(f"read job {job_id}",
-                                       lambda: self.client.fine_tuning.jobs.retrieve(job_id)))
+        return self._record(self._call(f"read job {job_id}",
+                                       lambda: self.client.fine_tuning.jobs.retrieve(job_id), retry=True))
 
     def events(self, job_id: str, after: str | None = None) -> list[JobEvent]:
         """Events newer than ``after``, oldest first (OpenAI lists newest first; pages are walked)."""
         newer: list[JobEvent] = []
         cursor: str | None = None
         while True:
-            page = self._read(f"read events of {job_id}",
+            page = self._call(f"read events of {job_id}",
                               lambda cursor=cursor: self.client.fine_tuning.jobs.list_events(
-                                  job_id, limit=100, **({"after": cursor} if cursor else {})))
+                                  job_id, limit=100, **({"after": cursor} if cursor else {})), retry=True)
             for event in page.data:
                 if event.id == after:
                     return newer[::-1]
@@ -198,46 +181,37 @@ class OpenAIProvider(SDKProvider):
 
     def cancel(self, job_id: str) -> JobRecord:
         """Ask OpenAI to cancel the job."""
-        return self._record(self._write(f"cancel job {job_id}",
-                                        lambda: self.client.fine_tuning.jobs.cancel(job_id)))
+        return self._record(self._call(f"cancel job {job_id}",
+                                       lambda: self.client.fine_tuning.jobs.cancel(job_id), retry=False))
 
     def find_job(self, intent_id: str) -> JobRecord | None:
         """The job whose metadata carries ``intent_id``, if OpenAI has one."""
-        page = self._read(f"look up the job for intent {intent_id}",
-                          lambda: self.client.fine_tuning.jobs.list(metadata={INTENT_KEY: intent_id},
-                                                                    limit=10))
+        page = self._call(f"look up the job for intent {intent_id}",
+                          lambda: self.client.fine_tuning.jobs.list(metadata={INTENT_KEY: intent_id}, limit=10),
+                          retry=True)
         for job in page.data:
             if (job.metadata or {}).get(INTENT_KEY) == intent_id:
                 return self._record(job)
         return None
 
     def estimate(self, stats: Stats, spec: JobSpec) -> CostEstimate:
-        """Training tokens × epochs × the price table; OpenAI has no estimate endpoint."""
+        """Training tokens × epochs, counted locally with OpenAI's tokenizer; OpenAI has no estimate
+        endpoint. With epochs 'auto' the count assumes 3 and the range spans 1 to 5 epochs."""
         epochs = spec.hyperparameters.epochs or DEFAULT_EPOCHS
+        kind = "training_tokens"  # SFT and DPO are billed alike: file tokens × epochs
         tokens = stats.billable_tokens(epochs)
-        price = price_for(spec.model, TRAINING_PRICES)
-        assumed = "" if spec.hyperparameters.epochs else f" (epochs 'auto': assumed {DEFAULT_EPOCHS})"
-        if price is None:
-            return CostEstimate(provider=self.name, model=spec.model, usd=None, billable_tokens=tokens,
-                                basis=f"No training price known for {spec.model}; {tokens} billable tokens"
-                                      f"{assumed}.")
-        return CostEstimate(
-            provider=self.name, model=spec.model, usd=tokens * price / 1_000_000, billable_tokens=tokens,
-            basis=f"{stats.total_tokens} tokens × {epochs} epochs{assumed} × ${price}/1M training tokens "
-                  f"(price as of {PRICES_AS_OF}); counted locally, not by OpenAI.",
-        )
+        quantity = Quantity(kind=kind, amount=tokens)
+        assumed = ""
+        if spec.hyperparameters.epochs is None:
+            quantity = Quantity(kind=kind, amount=tokens, low=stats.billable_tokens(1), high=stats.billable_tokens(5))
+            assumed = f" (epochs 'auto': {DEFAULT_EPOCHS} assumed, 1 to 5 possible)"
+        return CostEstimate(provider=self.name, model=spec.model, quantities=[quantity],
+                            basis=f"{stats.total_tokens:,} tokens × {epochs} epochs{assumed}, counted locally "
+                                  "(OpenAI has no estimate endpoint)")
 
     def endpoint(self, model: str) -> Endpoint:
         """Chat completions on ``model`` (a tuned ``ft:…`` name or a base model), async first."""
-        import openai
-
-        base = model.split(":")[1] if model.startswith("ft:") else model
-        return ChatEndpoint(
-            model, self._async_client,
-            to_error=lambda exc: self._error(exc, f"generate with {model}"),
-            sdk_errors=(openai.APIError,),
-            price_in_out=_inference_price(base),
-        )
+        return self.chat_endpoint(model)
 
     def serialize(self, example: Any) -> dict[str, Any]:
         """The example as OpenAI's JSONL expects it; tuneproxy's own ``metadata`` is dropped."""
@@ -253,15 +227,12 @@ class OpenAIProvider(SDKProvider):
     def _record(self, job: Any) -> JobRecord:
         status = self.status(job.status)
         error = getattr(job.error, "message", None) if job.error else None
-        billed = None
-        if status.terminal and job.trained_tokens is not None:
-            price = price_for(job.model, TRAINING_PRICES)
-            billed = job.trained_tokens * price / 1_000_000 if price is not None else None
+        billable = ([Quantity(kind="training_tokens", amount=job.trained_tokens)]
+                    if job.trained_tokens is not None else [])
         return JobRecord(
-            provider=self.name, job_id=job.id, model=job.model, status=status, raw_status=job.status,
-            fine_tuned_model=job.fine_tuned_model, created_at=to_datetime(job.created_at),
-            finished_at=to_datetime(job.finished_at), error=error or None,
-            trained_tokens=job.trained_tokens, billed_usd=billed,
+            provider=self.name, job_id=job.id, base_model=job.model, status=status, raw_status=job.status,
+            tuned_model=job.fine_tuned_model, created_at=to_datetime(job.created_at),
+            finished_at=to_datetime(job.finished_at), error=error or None, billable=billable,
             intent_id=(job.metadata or {}).get(INTENT_KEY),
             detail={"estimated_finish": job.estimated_finish, "result_files": list(job.result_files or []),
                     "error_code": getattr(job.error, "code", None) if job.error else None},
@@ -276,9 +247,3 @@ class OpenAIProvider(SDKProvider):
             epoch=data.get("epoch"), train_loss=data.get("train_loss"), valid_loss=data.get("valid_loss"),
         )
 
-
-def _inference_price(model: str) -> tuple[float, float] | None:
-    for key in sorted(INFERENCE_PRICES, key=len, reverse=True):
-        if model.startswith(key):
-            return INFERENCE_PRICES[key]
-    return None

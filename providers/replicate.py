@@ -8,20 +8,20 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tuneproxy.providers._profile import ProfileOnlyProvider
-
-from tuneproxy.contract import Capabilities, DatasetRules, JobStatus, ParameterSpec
+from tuneproxy.contract import Capabilities, Credentials, DatasetRules, JobStatus, ParameterSpec
 from tuneproxy.dataset.convert import prompt_completion_record, text_record
 from tuneproxy.dataset.examples import Example
+
+from ._profile import ProfileOnlyProvider
 
 
 class ReplicateProvider(ProfileOnlyProvider):
     """Replicate trainings (Llama-family LoRA trainers)."""
 
-    name = "replicate"
-    capabilities = Capabilities(
+    name: ClassVar[str] = "replicate"
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities(
         display_name="Replicate",
-        env_key="REPLICATE_API_TOKEN",
+        credentials=Credentials(env_var="REPLICATE_API_TOKEN", key_pattern=r"r8_[A-Za-z0-9]{8,}"),
         parameters={
             "epochs": ParameterSpec(minimum=1),
             "learning_rate": ParameterSpec(),
@@ -37,9 +37,8 @@ class ReplicateProvider(ProfileOnlyProvider):
             roles=frozenset({"system", "user", "assistant"}),
             default_context_tokens=2048,
         ),
-        prices_as_of="billed per hardware second, not per token",
     )
-    STATUS_MAP: ClassVar = {
+    STATUS_MAP: ClassVar[dict[str, JobStatus]] = {
         "starting": JobStatus.QUEUED,
         "processing": JobStatus.RUNNING,
         "succeeded": JobStatus.SUCCEEDED,

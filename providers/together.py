@@ -16,18 +16,22 @@ Facts this module relies on (see reference/providers-openai-together.md):
   separate row per evaluation (``eval/loss``); every row has ``train/global_step`` (the SDK's own CLI
   plots by it). A 404 there (a job older than the endpoint) is taken as no metrics.
 - A validation file is only evaluated if ``n_evals`` > 0 (the SDK sends 0): tuneproxy asks for one
-  evaluation per epoch unless ``options["n_evals"]`` says otherwise.
+  evaluation per epoch unless the ``n_evals`` option (:class:`TogetherOptions`) says otherwise.
+- Prices: the estimate endpoint's figure and the job's ``total_price`` are the service's own (they win);
+  before the upload the catalogue prices the token count by the model's size bracket.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from tuneproxy.contract import (
     Capabilities,
     CostEstimate,
+    Credentials,
     DatasetRules,
     Endpoint,
     JobEvent,
@@ -35,22 +39,17 @@ from tuneproxy.contract import (
     JobSpec,
     JobStatus,
     ParameterSpec,
+    Quantity,
     Stats,
     UploadedFile,
 )
-from tuneproxy.errors import ProviderError
+from tuneproxy.errors import NotFound
 
-from ._sdk import ChatEndpoint, SDKProvider, intent_tag, to_datetime
+from ._http import intent_tag, to_datetime
+from ._sdk import SDKOptions, SDKProvider
 
 NANO = 1_000_000_000
 DEFAULT_EPOCHS = 1  # the SDK's default n_epochs
-PRICES_AS_OF = (
-    "2025 (UNVERIFIED: recalled from together.ai/pricing; SFT LoRA rates by model size; "
-    "authoritative figures come from the estimate endpoint)"
-)
-# USD per 1M training tokens, SFT LoRA, by the largest parameter count (billions) of each bracket.
-SIZE_BRACKETS: tuple[tuple[float, float], ...] = ((16, 0.48), (69, 1.50), (100, 2.90))
-DPO_FACTOR = 2.5
 EVENT_LEVELS = {
     "warning": "warning", "error": "error", "legacy_iwarning": "warning", "legacy_ierror": "error",
 }
@@ -63,17 +62,19 @@ STEP_KEY, EPOCH_KEY, TRAIN_LOSS_KEY, VALID_LOSS_KEY = "train/global_step", "trai
 
 CAPABILITIES = Capabilities(
     display_name="Together AI",
-    env_key="TOGETHER_API_KEY",
+    credentials=Credentials(env_var="TOGETHER_API_KEY", key_pattern=r"tgp_[A-Za-z0-9_\-]{8,}"),
+    tokenizer="huggingface",
     parameters={
-        "epochs": ParameterSpec(minimum=1, note="sent as n_epochs; the SDK checks the model's maximum"),
-        "learning_rate": ParameterSpec(note="> 0; at most the model's max_learning_rate"),
-        "batch_size": ParameterSpec(minimum=1, note="within the model's min/max batch size; default 'max'"),
-        "lora_rank": ParameterSpec(minimum=1, note="sent as lora_r (with lora=True); at most max_rank"),
-        "lora_alpha": ParameterSpec(note="> 0; default 2 × rank"),
-        "lora_dropout": ParameterSpec(minimum=0, maximum=0.999999, note="in [0, 1)"),
-        "max_seq_length": ParameterSpec(note="within the model's sequence-length limits"),
-        "warmup_ratio": ParameterSpec(minimum=0, maximum=1),
-        "seed": ParameterSpec(minimum=0, maximum=2**31 - 1, note="sent as random_seed"),
+        "epochs": ParameterSpec(minimum=1, wire="n_epochs", note="the SDK checks the model's maximum"),
+        "learning_rate": ParameterSpec(wire="learning_rate", note="> 0; at most the model's max_learning_rate"),
+        "batch_size": ParameterSpec(minimum=1, wire="batch_size",
+                                    note="within the model's min/max batch size; default 'max'"),
+        "lora_rank": ParameterSpec(minimum=1, wire="lora_r", note="sent with lora=True; at most max_rank"),
+        "lora_alpha": ParameterSpec(wire="lora_alpha", note="> 0; default 2 × rank"),
+        "lora_dropout": ParameterSpec(minimum=0, maximum=0.999999, wire="lora_dropout", note="in [0, 1)"),
+        "max_seq_length": ParameterSpec(wire="max_seq_length", note="within the model's sequence-length limits"),
+        "warmup_ratio": ParameterSpec(minimum=0, maximum=1, wire="warmup_ratio"),
+        "seed": ParameterSpec(minimum=0, maximum=2**31 - 1, wire="random_seed"),
         "suffix": ParameterSpec(note="tuneproxy appends a short intent tag to it"),
     },
     rules=DatasetRules(
@@ -91,22 +92,29 @@ CAPABILITIES = Capabilities(
         roles_must_alternate=True,
         system_only_first=True,
     ),
-    price_per_million_training_tokens={"<=16B": 0.48, "17-69B": 1.50, "70-100B": 2.90},
-    prices_as_of=PRICES_AS_OF,
 )
 
 
-class TogetherProvider(SDKProvider):
-    """Together AI's fine-tuning API.
+class TogetherOptions(SDKOptions):
+    """Together's settings (the key comes from ``TOGETHER_API_KEY``)."""
 
-    ``TogetherProvider(api_key=..., transport=None, clock=utc_now, **options)``: ``transport`` is any
-    httpx transport (a :class:`tuneproxy.recording.ReplayTransport` in tests), used by the sync client
-    (including the presigned-URL PUT) and the async one behind :meth:`endpoint`. Options are those of
-    ``SDKProvider`` plus ``project_id``.
-    """
+    project_id: str | None = Field(None, description="The project to work in (default: the key's).")
+    n_evals: int | None = Field(None, ge=0, description="Evaluations of the validation file during training "
+                                                        "(default: one per epoch when a holdout is sent).")
+    train_on_inputs: bool | Literal["auto"] = Field(
+        "auto", description="Train on the prompt tokens too (true), only on replies (false), or Together's "
+                            "default for the format (auto).")
+
+
+class TogetherProvider(SDKProvider):
+    """Together AI's fine-tuning API, through the together SDK on an httpx transport (a
+    :class:`tuneproxy.recording.ReplayTransport` in tests) shared by the sync client (including the
+    presigned-URL PUT) and the async one behind :meth:`endpoint`. Settings: :class:`TogetherOptions`."""
 
     name: ClassVar[str] = "together"
-    capabilities: ClassVar[Capabilities] = CAPABILITIES
+    Options = TogetherOptions
+    CAPABILITIES: ClassVar[Capabilities] = CAPABILITIES
+    REQUEST_ID_HEADERS: ClassVar[tuple[str, ...]] = ("x-together-request-id",)
     STATUS_MAP: ClassVar[dict[str, JobStatus]] = {
         "pending": JobStatus.QUEUED,
         "queued": JobStatus.QUEUED,
@@ -125,19 +133,22 @@ class TogetherProvider(SDKProvider):
 
     # ------------------------------------------------------------------ clients
 
-    def _sdk_errors(self) -> tuple[type[BaseException], tuple[type[BaseException], ...]]:
+    @property
+    def together_options(self) -> TogetherOptions:
+        """The options, typed."""
+        assert isinstance(self.options, TogetherOptions)
+        return self.options
+
+    def sdk_errors(self) -> tuple[type[BaseException], tuple[type[BaseException], ...]]:
         import together
 
         return together.APIError, (together.APIConnectionError,)
 
-    def _client_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "api_key": self._require_key(),
-            "_strict_response_validation": bool(self.options.get("strict_responses", False)),
-        }
-        for key in ("base_url", "project_id"):
-            if self.options.get(key):
-                kwargs[key] = self.options[key]
+    def client_arguments(self) -> dict[str, Any]:
+        # None would override the SDK's own default (and its environment variable): leave unset ones out
+        kwargs = {key: value for key, value in super().client_arguments().items() if value is not None}
+        if self.together_options.project_id:
+            kwargs["project_id"] = self.together_options.project_id
         return kwargs
 
     # ------------------------------------------------------------------ lifecycle
@@ -145,19 +156,15 @@ class TogetherProvider(SDKProvider):
     def upload(self, path: Path, purpose: Literal["train", "validation"] = "train") -> UploadedFile:
         """Upload a JSONL file: POST /v1/files → 302 → PUT to the presigned URL → preprocess."""
         path = Path(path)
-        f = self._write(f"upload {path.name}",
-                        lambda: self.client.files.upload(path, purpose="fine-tune", check=True))
+        f = self._call(f"upload {path.name}",
+                       lambda: self.client.files.upload(path, purpose="fine-tune", check=True), retry=False)
         return UploadedFile(id=f.id, filename=f.filename or path.name, bytes=f.bytes or 0, purpose=purpose)
 
     def create_arguments(self, spec: JobSpec) -> dict[str, Any]:
         """The keyword arguments for ``fine_tuning.create``: what was given, the intent tag, and with a
         validation file the number of evaluations (without one Together never evaluates it)."""
         given = self.translate(spec.hyperparameters)
-        names = {"epochs": "n_epochs", "learning_rate": "learning_rate", "batch_size": "batch_size",
-                 "max_seq_length": "max_seq_length", "warmup_ratio": "warmup_ratio",
-                 "seed": "random_seed", "lora_rank": "lora_r", "lora_alpha": "lora_alpha",
-                 "lora_dropout": "lora_dropout"}
-        kwargs = {wire: given[portable] for portable, wire in names.items() if portable in given}
+        kwargs = self.wire_parameters(spec.hyperparameters)
         if any(key.startswith("lora_") for key in given):
             kwargs["lora"] = True  # without it the SDK drops lora_r/lora_alpha/lora_dropout silently
         kwargs.update(
@@ -168,10 +175,15 @@ class TogetherProvider(SDKProvider):
             training_method="dpo" if spec.format == "preference" else "sft",
         )
         if spec.validation_file:
-            kwargs["n_evals"] = n_evals(spec)
+            kwargs["n_evals"] = self.n_evals(spec)
         if spec.format != "preference":
-            kwargs["train_on_inputs"] = spec.options.get("train_on_inputs", "auto")
+            kwargs["train_on_inputs"] = self.together_options.train_on_inputs
         return kwargs
+
+    def n_evals(self, spec: JobSpec) -> int:
+        """Evaluations of the validation file during training: the ``n_evals`` option, else one per epoch."""
+        given = self.together_options.n_evals
+        return given if given is not None else spec.hyperparameters.epochs or DEFAULT_EPOCHS
 
     def submit(self, spec: JobSpec) -> JobRecord:
         """Create the job (the SDK asks for the model limits and a price estimate first). Sent once."""
@@ -181,7 +193,7 @@ class TogetherProvider(SDKProvider):
 
     def refresh(self, job_id: str) -> JobRecord:
         """The job as Together reports it now, with the billed cost once it has ended."""
-        job = self._read(f"read job {job_id}", lambda: self.client.fine_tuning.retrieve(job_id))
+        job = self._call(f"read job {job_id}", lambda: self.client.fine_tuning.retrieve(job_id), retry=True)
         return self._record(job)
 
     def events(self, job_id: str, after: str | None = None) -> list[JobEvent]:
@@ -196,20 +208,22 @@ class TogetherProvider(SDKProvider):
         every event (the ledger keeps one copy of each id); a 404 from the metrics endpoint (a job older
         than it) gives the job events alone.
         """
-        page = self._read(f"read events of {job_id}", lambda: self.client.fine_tuning.list_events(job_id))
+        page = self._call(f"read events of {job_id}", lambda: self.client.fine_tuning.list_events(job_id),
+                          retry=True)
         merged = self._merge(page.data, self._metric_points(job_id))
         ids = [event.id for event in merged]
         return merged[ids.index(after) + 1:] if after in ids else merged
 
     def cancel(self, job_id: str) -> JobRecord:
         """Ask Together to cancel the job (it reports ``cancel_requested`` until it has stopped)."""
-        job = self._write(f"cancel job {job_id}", lambda: self.client.fine_tuning.cancel(job_id))
+        job = self._call(f"cancel job {job_id}", lambda: self.client.fine_tuning.cancel(job_id), retry=False)
         return self._record(job)
 
     def find_job(self, intent_id: str) -> JobRecord | None:
         """The job whose suffix carries the intent tag, if Together has one."""
         tag = intent_tag(intent_id)
-        page = self._read(f"look up the job for intent {intent_id}", lambda: self.client.fine_tuning.list())
+        page = self._call(f"look up the job for intent {intent_id}", lambda: self.client.fine_tuning.list(),
+                          retry=True)
         for job in page.data:
             names = (getattr(job, "suffix", None) or "", _output_name(job) or "")
             if any(tag in name for name in names):
@@ -217,21 +231,29 @@ class TogetherProvider(SDKProvider):
         return None
 
     def estimate(self, stats: Stats, spec: JobSpec) -> CostEstimate:
-        """Together's own estimate once the training file is uploaded; the price table before that."""
+        """Together's own figure once the training file is uploaded; before that the billable tokens
+        (n_epochs × training tokens, plus n_evals × the holdout's tokens when known), for the core to price."""
         epochs = spec.hyperparameters.epochs or DEFAULT_EPOCHS
-        if spec.training_file.startswith("file-"):
-            answer = self._read("estimate the price", lambda: self.client.fine_tuning.estimate_price(
-                **self._estimate_arguments(spec, epochs)))
-            if answer.estimation_available:
-                train = int(answer.estimated_train_token_count or 0)
-                return CostEstimate(
-                    provider=self.name, model=spec.model, usd=answer.estimated_total_price,
-                    billable_tokens=train + int(answer.estimated_eval_token_count or 0),
-                    basis=f"Together's estimate-price endpoint for {spec.training_file} × {epochs} epochs.",
-                    authoritative=True,
-                )
-            return self._table_estimate(stats, spec, epochs, note=f" (service: {answer.unavailable_reason})")
-        return self._table_estimate(stats, spec, epochs)
+        kind = "preference_training_tokens" if spec.format == "preference" else "training_tokens"
+        counted = CostEstimate(
+            provider=self.name, model=spec.model,
+            quantities=[Quantity(kind=kind, amount=stats.billable_tokens(epochs))],
+            basis=f"{stats.total_tokens:,} tokens × {epochs} epochs",
+        )
+        if not spec.training_file.startswith("file-"):
+            return counted
+        answer = self._call("estimate the price", lambda: self.client.fine_tuning.estimate_price(
+            **self._estimate_arguments(spec, epochs)), retry=True)
+        if not answer.estimation_available:
+            return counted.model_copy(update={"basis": f"{counted.basis} (service: {answer.unavailable_reason})"})
+        train = int(answer.estimated_train_token_count or 0) + int(answer.estimated_eval_token_count or 0)
+        return CostEstimate(
+            provider=self.name, model=spec.model, quantities=[Quantity(kind=kind, amount=train)],
+            usd=answer.estimated_total_price, usd_low=answer.estimated_total_price,
+            usd_high=answer.estimated_total_price, authoritative=True,
+            basis=f"Together's estimate-price endpoint for {spec.training_file} × {epochs} epochs",
+            price_source="Together AI estimate-price endpoint",
+        )
 
     def _estimate_arguments(self, spec: JobSpec, epochs: int) -> dict[str, Any]:
         hp = spec.hyperparameters
@@ -239,38 +261,26 @@ class TogetherProvider(SDKProvider):
             "training_file": spec.training_file, "model": spec.model, "n_epochs": epochs,
         }
         if spec.validation_file:
-            kwargs.update(validation_file=spec.validation_file, n_evals=n_evals(spec))
+            kwargs.update(validation_file=spec.validation_file, n_evals=self.n_evals(spec))
         if spec.format == "preference":
             kwargs["training_method"] = {"method": "dpo"}
         else:
-            kwargs["training_method"] = {"method": "sft", "train_on_inputs": "auto"}
+            kwargs["training_method"] = {"method": "sft", "train_on_inputs": self.together_options.train_on_inputs}
         if hp.lora_rank is not None:
             kwargs["training_type"] = {"type": "Lora", "lora_r": hp.lora_rank,
                                        "lora_alpha": int(hp.lora_alpha or 2 * hp.lora_rank)}
         return kwargs
 
-    def _table_estimate(self, stats: Stats, spec: JobSpec, epochs: int, note: str = "") -> CostEstimate:
-        tokens = stats.billable_tokens(epochs)
-        price = table_price(spec.model, preference=spec.format == "preference")
-        if price is None:
-            return CostEstimate(provider=self.name, model=spec.model, usd=None, billable_tokens=tokens,
-                                basis=f"Model size not recognised in {spec.model!r}, so no price bracket; "
-                                      f"{tokens} billable tokens{note}.")
-        return CostEstimate(
-            provider=self.name, model=spec.model, usd=tokens * price / 1_000_000, billable_tokens=tokens,
-            basis=f"{stats.total_tokens} tokens × {epochs} epochs × ${price}/1M (price as of "
-                  f"{PRICES_AS_OF}){note}.",
-        )
-
     def endpoint(self, model: str) -> Endpoint:
-        """Chat completions on ``model`` (a tuned output name on a running endpoint, or a base model)."""
-        import together
+        """Chat completions on ``model``: a tuned model's serving name (on a dedicated endpoint, or a
+        serverless LoRA where Together still offers one) or a base model."""
+        return self.chat_endpoint(model)
 
-        return ChatEndpoint(
-            model, self._async_client,
-            to_error=lambda exc: self._error(exc, f"generate with {model}"),
-            sdk_errors=(together.APIError,),
-        )
+    def inference_model(self, base: str) -> str | None:
+        """``base`` itself, except a ``-Reference`` training id: Together cannot serve those at all, and
+        its serverless variants (``-Turbo``) are other, quantized weights — no fair comparison. None then:
+        deploy the base model on a dedicated endpoint to compare against it."""
+        return None if base.endswith("-Reference") else base
 
     def serialize(self, example: Any) -> dict[str, Any]:
         """The example in Together's columns for its format; tuneproxy's own ``metadata`` is dropped."""
@@ -289,13 +299,16 @@ class TogetherProvider(SDKProvider):
         status = self.status(raw)
         price = getattr(job, "total_price", None)
         billed = price / NANO if status.terminal and price is not None else None
+        tokens = getattr(job, "token_count", None)
+        kind = "preference_training_tokens" if _is_dpo(job) else "training_tokens"
         return JobRecord(
-            provider=self.name, job_id=job.id, model=getattr(job, "model", None) or "",
-            status=status, raw_status=raw, fine_tuned_model=_output_name(job),
+            provider=self.name, job_id=job.id, base_model=getattr(job, "model", None) or "",
+            status=status, raw_status=raw, tuned_model=_output_name(job),
             created_at=to_datetime(job.created_at),
             finished_at=to_datetime(job.updated_at) if status.terminal else None,
             error=_failure_message(job) if status is JobStatus.FAILED else None,
-            trained_tokens=getattr(job, "token_count", None), billed_usd=billed, intent_id=intent_id,
+            billable=[Quantity(kind=kind, amount=tokens)] if tokens is not None else [],
+            billed_usd=billed, intent_id=intent_id,
             detail={"suffix": getattr(job, "suffix", None),
                     "epochs_completed": getattr(job, "epochs_completed", None)},
         )
@@ -310,12 +323,10 @@ class TogetherProvider(SDKProvider):
     def _metric_points(self, job_id: str) -> dict[int, dict[str, float]]:
         """The job's metrics rows by step, training and evaluation rows of one step merged."""
         try:
-            answer = self._read(f"read metrics of {job_id}",
-                                lambda: self.client.fine_tuning.list_metrics(job_id))
-        except ProviderError as exc:
-            if exc.status_code == 404:
-                return {}
-            raise
+            answer = self._call(f"read metrics of {job_id}", lambda: self.client.fine_tuning.list_metrics(job_id),
+                                retry=True)
+        except NotFound:
+            return {}
         points: dict[int, dict[str, float]] = {}
         for row in answer.metrics or []:
             if row.get(STEP_KEY) is not None:
@@ -346,12 +357,6 @@ def job_suffix(user_suffix: str | None, intent_id: str) -> str:
     return f"{user_suffix}-{tag}" if user_suffix else tag
 
 
-def n_evals(spec: JobSpec) -> int:
-    """Evaluations of the validation file during training: ``options["n_evals"]``, else one per epoch."""
-    given = spec.options.get("n_evals")
-    return int(given) if given is not None else spec.hyperparameters.epochs or DEFAULT_EPOCHS
-
-
 def _metric_event(step: int, point: dict[str, float], final_at: Any, total: int | None) -> JobEvent | None:
     """One step's losses as an event at the time of the job event that made it final; None without a loss."""
     train, valid = point.get(TRAIN_LOSS_KEY), point.get(VALID_LOSS_KEY)
@@ -366,15 +371,10 @@ def _metric_event(step: int, point: dict[str, float], final_at: Any, total: int 
     )
 
 
-def table_price(model: str, *, preference: bool = False) -> float | None:
-    """The per-1M-token SFT LoRA rate for ``model``'s size bracket (×2.5 for DPO), or None."""
-    sizes = [float(s) for s in re.findall(r"(?i)(\d+(?:\.\d+)?)b(?![a-z])", model)]
-    if not sizes:
-        return None
-    for ceiling, price in SIZE_BRACKETS:
-        if max(sizes) <= ceiling:
-            return price * (DPO_FACTOR if preference else 1.0)
-    return None
+def _is_dpo(job: Any) -> bool:
+    method = getattr(job, "training_method", None)
+    name = method.get("method") if isinstance(method, dict) else getattr(method, "method", None)
+    return name == "dpo"
 
 
 def _output_name(job: Any) -> str | None:

@@ -112,3 +112,72 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
     """Write ``records`` one JSON object per line."""
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+# following jobs and racing writers ------------------------------------------------------------------
+
+
+def follow(provider: Any, job_id: str, until: Any = None, timeout_s: float = 240.0, poll_s: float = 0.05) -> Any:
+    """Refresh the job (pausing with the provider's own ``sleep``) until ``until(record)`` holds — by
+    default, until it ends — and return that record; fail the test after ``timeout_s``.
+
+    Only for tests where a real worker process runs: nothing else makes a job move on its own.
+    """
+    import time
+
+    until = until or (lambda record: record.status.terminal)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        record = provider.refresh(job_id)
+        if until(record):
+            return record
+        assert time.monotonic() < deadline, f"job {job_id} still {record.raw_status} after {timeout_s}s"
+        provider.sleep(poll_s)
+
+
+def make_job_folder(home: Path, job_id: str, model: str = "some-model", **state: Any) -> Path:
+    """A job folder as ``submit`` leaves it, with ``state`` as its state.json and no worker."""
+    from tuneproxy.local_backend.jobfiles import JobFiles, write_json_atomic
+
+    files = JobFiles(home / "jobs" / job_id)
+    files.root.mkdir(parents=True)
+    write_json_atomic(files.path("state.json"), state)
+    write_json_atomic(files.path("job.json"), {
+        "job_id": job_id, "intent_id": "intent-1", "created_at": "2026-11-01T00:00:00+00:00",
+        "spec": {"model": model}, "settings": {"model": model}, "home": str(home),
+    })
+    return files.root
+
+
+def hammer_state(job_dir: str, key: str, times: int, barrier: Any) -> None:
+    """Set ``key`` in the job's state ``times`` times (run in its own process, all starting together)."""
+    from tuneproxy.local_backend.jobfiles import JobFiles
+
+    files = JobFiles(Path(job_dir))
+    barrier.wait()
+    for n in range(times):
+        files.update_state(**{key: n})
+
+
+def hammer_events(job_dir: str, writer: str, times: int, barrier: Any) -> None:
+    """Append ``times`` events named after ``writer`` (run in its own process, all starting together)."""
+    from tuneproxy.local_backend.jobfiles import JobFiles
+
+    files = JobFiles(Path(job_dir))
+    barrier.wait()
+    for n in range(times):
+        files.append_event(f"{writer} {n}")
+
+
+def run_together(target: Any, job_dir: Path, names: list[str], times: int) -> None:
+    """Run ``target(job_dir, name, times, barrier)`` in one fresh process per name, all at once."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch's threads
+    barrier = context.Barrier(len(names))
+    processes = [context.Process(target=target, args=(str(job_dir), name, times, barrier)) for name in names]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    assert [p.exitcode for p in processes] == [0] * len(names)

@@ -18,7 +18,7 @@ EXPECTED = json.loads((BAD / "expected.json").read_text())
 def _validate(name: str):
     provider = EXPECTED[name]["provider"]
     if provider:
-        caps = registry.provider_class(provider).capabilities
+        caps = registry.provider_class(provider).CAPABILITIES
         return validate(BAD / name, rules=caps.rules, service=caps.display_name)
     return validate(BAD / name)
 
@@ -52,7 +52,7 @@ def test_ten_megabyte_single_line_is_reported_and_too_long_for_context(tmp_path)
     path.write_text(json.dumps({"messages": [{"role": "user", "content": big},
                                              {"role": "assistant", "content": "ok"}]}) + "\n")
     assert path.stat().st_size > 10_000_000
-    caps = registry.provider_class("openai").capabilities
+    caps = registry.provider_class("openai").CAPABILITIES
     report = validate(path, rules=caps.rules, service=caps.display_name, model="gpt-4o-mini")
     assert report.of("TP104")[0]["line"] == 1
     too_long = report.of("TP505")

@@ -11,12 +11,29 @@ import pytest
 from tests.conftest import FIXTURES
 from tuneproxy import Job, JobStatus, Ledger, TunedModel, Tuner, cli
 from tuneproxy.errors import JobFailed
-from tuneproxy.recording import LostResponseTransport, ReplayTransport, cassette_path
+from tuneproxy.prices import load_catalogue
+from tuneproxy.recording import (
+    LostResponseTransport,
+    ReplayTransport,
+    build_response,
+    capture_request,
+    cassette_path,
+)
 
 SAMPLE = FIXTURES / "datasets" / "sample.jsonl"
 MODELS = {"openai": "gpt-4o-mini-2024-07-18", "together": "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"}
 CREATE = {"openai": "/v1/fine_tuning/jobs", "together": "/v1/fine-tunes"}
 QUESTION = [{"role": "user", "content": "Ticket: I was charged twice"}]
+
+
+# What each service's bill is: Together states it (total_price, nano-dollars); OpenAI reports the billed
+# tokens, which the core prices with the catalogue's training price for the model.
+BILLS = {
+    "openai": lambda job: job.trained_tokens * load_catalogue().match("openai", job.base_model, "training").usd / 1e6,
+    "together": lambda job: job.billed_usd,
+}
+pytestmark = [pytest.mark.filterwarnings("ignore::tuneproxy.tuner.SunsetWarning"),
+              pytest.mark.filterwarnings("ignore::tuneproxy.tuner.DatasetWarning")]
 
 
 def before_the_sunset() -> dt.datetime:
@@ -27,10 +44,9 @@ def make_tuner(provider: str, transport) -> Tuner:
     """The one fit() call of these tests; only ``provider`` (and its model) changes."""
     return Tuner(provider, MODELS[provider], epochs=3, batch_size=8, seed=42, suffix="support-bot",
                  poll_interval=0, show_progress=False, api_key="test-key", clock=before_the_sunset,
-                 provider_options={"transport": transport})
+                 transport=transport)
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("provider", ["openai", "together"])
 def test_same_fit_call_trains_on_either_provider_and_fills_the_ledger(provider):
     transport = ReplayTransport(cassette_path(provider, "fit_happy_path"))
@@ -43,15 +59,14 @@ def test_same_fit_call_trains_on_either_provider_and_fills_the_ledger(provider):
     assert len(transport.requests("POST", CREATE[provider])) == 1
     ledger = Ledger()
     job = ledger.job(tuned.job_id)
-    assert job.status is JobStatus.SUCCEEDED and job.fine_tuned_model == tuned.model
-    kinds = [c["kind"] for c in tuned.costs]
+    assert job.status is JobStatus.SUCCEEDED and job.tuned_model == tuned.model
+    kinds = [c.kind for c in tuned.costs]
     assert kinds[0] == "estimate" and kinds[-1] == "billed"
-    assert tuned.costs[-1]["usd"] == pytest.approx(job.billed_usd) and job.billed_usd > 0
+    assert tuned.costs[-1].usd == pytest.approx(BILLS[provider](job)) and tuned.costs[-1].usd > 0
     assert ledger.events(provider, tuned.job_id)
     assert ledger.submission(job.intent_id).state == "submitted"
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_openai_metrics_reach_the_tuned_model():
     transport = ReplayTransport(cassette_path("openai", "fit_happy_path"))
     tuned = make_tuner("openai", transport).fit(SAMPLE, holdout=0.1)
@@ -60,7 +75,6 @@ def test_openai_metrics_reach_the_tuned_model():
     assert tuned.record.trained_tokens == 98043
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_together_metrics_reach_the_tuned_model():
     transport = ReplayTransport(cassette_path("together", "fit_happy_path"))
     tuned = make_tuner("together", transport).fit(SAMPLE, holdout=0.1)
@@ -73,7 +87,6 @@ def test_together_metrics_reach_the_tuned_model():
     assert tuned.record.trained_tokens == 98043
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("provider", ["openai", "together"])
 def test_failed_job_gives_the_services_message_verbatim(provider):
     transport = ReplayTransport(cassette_path(provider, "fit_failed"))
@@ -85,7 +98,6 @@ def test_failed_job_gives_the_services_message_verbatim(provider):
     transport.assert_all_played()
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("provider", ["openai", "together"])
 def test_lost_create_answer_is_reconciled_without_a_second_paid_job(provider):
     replay = ReplayTransport(cassette_path(provider, "fit_lost_create"))
@@ -97,7 +109,6 @@ def test_lost_create_answer_is_reconciled_without_a_second_paid_job(provider):
     assert len(Ledger().jobs()) == 1
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_no_wait_returns_a_job_that_can_be_cancelled():
     transport = ReplayTransport(cassette_path("together", "fit_cancelled"))
     job = make_tuner("together", transport).fit(SAMPLE, holdout=0.1, wait=False)
@@ -109,7 +120,6 @@ def test_no_wait_returns_a_job_that_can_be_cancelled():
     transport.assert_all_played()
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_job_is_reattached_from_the_ledger_after_a_restart():
     transport = ReplayTransport(cassette_path("together", "fit_happy_path"))
     job_id = make_tuner("together", transport).fit(SAMPLE, holdout=0.1, wait=False).id
@@ -146,7 +156,7 @@ def test_cli_fit_then_jobs_commands_round_trip(capsys, monkeypatch):
     code, out, _ = run("jobs", "show", done["job_id"][:8], "--offline")
     assert code == 0 and "billed: $" in out and "test-key" not in out
     code, out, _ = run("jobs", "show", done["job_id"], "--offline", "--json")
-    assert json.loads(out)["fine_tuned_model"] == done["fine_tuned_model"]
+    assert json.loads(out)["tuned_model"] == done["tuned_model"]
 
 
 def test_cli_fit_with_a_wrong_key_is_a_clear_service_error_without_the_key(capsys, monkeypatch, isolated_home):
@@ -170,14 +180,13 @@ def test_cli_fit_with_a_wrong_key_is_a_clear_service_error_without_the_key(capsy
             assert secret.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_openai_wrong_key_is_a_clear_error_and_the_key_is_nowhere(isolated_home):
     from tuneproxy.errors import AuthenticationFailed
 
     secret = "sk-this-key-is-wrong-0123456789abcdef"
     transport = ReplayTransport(cassette_path("openai", "unauthorized"))
     tuner = Tuner("openai", MODELS["openai"], api_key=secret, poll_interval=0, show_progress=False,
-                  clock=before_the_sunset, provider_options={"transport": transport})
+                  clock=before_the_sunset, transport=transport)
     with pytest.raises(AuthenticationFailed) as err:
         tuner.fit(SAMPLE)
     assert "OPENAI_API_KEY" in str(err.value) and secret not in str(err.value) + repr(err.value)
@@ -187,20 +196,27 @@ def test_openai_wrong_key_is_a_clear_error_and_the_key_is_nowhere(isolated_home)
             assert secret.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_rerun_after_a_crash_finds_the_job_instead_of_paying_again():
     from tuneproxy.recording import Cassette
 
     recorded = Cassette.load(cassette_path("openai", "fit_lost_create"))
     create_at = next(i for i, x in enumerate(recorded.interactions)
                      if x.request.method == "POST" and x.request.url.endswith(CREATE["openai"]))
-    # the first client wrote its intent, sent the create and died: the rerun may only look the job up
+    before = recorded.model_copy(update={"interactions": recorded.interactions[:create_at + 1]})
     after_crash = recorded.model_copy(update={"interactions": recorded.interactions[create_at + 1:]})
+
+    class DiesWithTheCreateInFlight(ReplayTransport):
+        def _exchange(self, request):
+            interaction = self.next_interaction(capture_request(request))
+            if request.method == "POST" and request.url.path == CREATE["openai"]:
+                raise KeyboardInterrupt  # the client process dies; the service may have made the job
+            return build_response(request, interaction.response)
+
+    with pytest.raises(KeyboardInterrupt):
+        make_tuner("openai", DiesWithTheCreateInFlight(before)).fit(SAMPLE, holdout=0.1)
+    # the first client wrote its intent and sent the create: the rerun may only look the job up
     transport = ReplayTransport(after_crash)
-    tuner = make_tuner("openai", transport)
-    train, held, _ = tuner._prepare(SAMPLE, 0.1, 0, None)
-    Ledger().record_intent("openai", MODELS["openai"], tuner._fingerprint(train, held), {})
-    tuned = tuner.fit(SAMPLE, holdout=0.1)
+    tuned = make_tuner("openai", transport).fit(SAMPLE, holdout=0.1)
     assert tuned.record.status is JobStatus.SUCCEEDED
     assert transport.requests("POST") == []
     transport.assert_all_played()

@@ -26,7 +26,7 @@ def test_rebuilt_vocabulary_file_matches_the_hash_tiktoken_pins():
 
 
 def test_openai_model_count_is_content_plus_cookbook_chat_overhead():
-    counter = tokens.counter_for("gpt-4o-mini-2024-07-18")
+    counter = tokens.counter_for("gpt-4o-mini-2024-07-18", "tiktoken")
     conv = [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "Hi there!"}]
     enc = tokens.tiktoken_encoding("o200k_base")
     content = sum(len(enc.encode(t)) for t in ("user", "hello world", "assistant", "Hi there!"))
@@ -35,8 +35,8 @@ def test_openai_model_count_is_content_plus_cookbook_chat_overhead():
 
 
 def test_older_openai_models_use_their_own_encoding():
-    assert tokens.counter_for("gpt-3.5-turbo").encoding_name == "cl100k_base"
-    assert tokens.counter_for("ft:gpt-4o-mini-2024-07-18:org:x:abc").encoding_name == "o200k_base"
+    assert tokens.counter_for("gpt-3.5-turbo", "tiktoken").encoding_name == "cl100k_base"
+    assert tokens.counter_for("ft:gpt-4o-mini-2024-07-18:org:x:abc", "tiktoken").encoding_name == "o200k_base"
 
 
 def test_unknown_open_model_gets_an_estimate_with_its_error_bound():
@@ -59,3 +59,17 @@ def test_local_tokenizer_folder_counts_exactly_with_its_chat_template(tmp_path):
     counter = tokens.counter_for(str(tmp_path))
     assert counter.exact
     assert counter.count_batch([[{"role": "user", "content": "hello world"}]]) == [4]
+
+
+def test_a_model_named_like_openai_gets_tiktoken_only_when_its_provider_says_so():
+    assert not tokens.counter_for("gpt-4o-mini-2024-07-18").exact
+    assert tokens.counter_for("gpt-4o-mini-2024-07-18", "tiktoken").exact
+
+
+def test_a_hub_id_not_on_disk_does_not_import_transformers(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "transformers", raising=False)
+    counter = tokens.counter_for("meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", "huggingface")
+    assert not counter.exact and "transformers" not in sys.modules

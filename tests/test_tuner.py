@@ -37,7 +37,7 @@ def clock(day: dt.date):
 def tuner(provider="openai", model="gpt-4o-mini-2024-07-18", transport=None, **kw) -> Tuner:
     kw.setdefault("clock", clock(dt.date(2026, 11, 28)))
     return Tuner(provider, model, api_key="test-key", poll_interval=0, show_progress=False,
-                 provider_options={"transport": transport or silent(provider)}, **kw)
+                 transport=transport or silent(provider), **kw)
 
 
 def test_unknown_setting_lists_the_portable_names():

@@ -6,18 +6,20 @@ Exit codes: 0 ok, 1 the input failed a check, 2 usage error, 3 provider or servi
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from tuneproxy.errors import TuneproxyError, redact
 
@@ -27,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags read `--json`, not `--json <bool>`
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -34,6 +37,15 @@ err_console = Console(stderr=True)
 ProviderOpt = Annotated[str | None, typer.Option("--provider", "-p", help="Check against this service's rules.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model: picks the tokenizer and context.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Read the ledger only; do not ask the service.")]
+PollOpt = Annotated[float | None, typer.Option("--poll-interval", min=0,
+                                               help="Seconds between status checks (default: the provider's).")]
+OptionOpt = Annotated[list[str] | None, typer.Option(
+    "--option", "-o", help="Backend setting KEY=VALUE (repeatable; `tuneproxy providers` lists each backend's), "
+                           "e.g. -o quantization=nf4 for local.")]
+DataArg = Annotated[Path, typer.Argument(help="Training data, JSONL.")]
+TrainProviderOpt = Annotated[str, typer.Option("--provider", "-p", help="Where it trains: see `tuneproxy providers`.")]
+BaseModelOpt = Annotated[str, typer.Option("--model", "-m", help="Base model to fine-tune.")]
 
 
 def _print_json(data: Any) -> None:
@@ -52,9 +64,10 @@ def validate(
     """Check a dataset (and its holdout): findings by code, token statistics and a verdict. Exit 1 on errors."""
     from tuneproxy.dataset.validate import validate as run_validation
 
-    rules, service = _rules_for(provider)
-    report = run_validation(file, rules=rules, service=service, model=model, holdout=holdout)
-    held = run_validation(holdout, rules=rules, service=service, model=model, check_size=False) if holdout else None
+    rules, service, tokenizer = _rules_for(provider)
+    report = run_validation(file, rules=rules, service=service, model=model, holdout=holdout, tokenizer=tokenizer)
+    held = (run_validation(holdout, rules=rules, service=service, model=model, check_size=False,
+                           tokenizer=tokenizer) if holdout else None)
     if as_json:
         data = report.model_dump(mode="json")
         data["verdict"] = report.verdict()
@@ -74,56 +87,56 @@ def validate(
     raise typer.Exit(0 if report.ok and (held is None or held.ok) else 1)
 
 
-def _rules_for(provider: str | None):
+def _rules_for(provider: str | None) -> tuple[Any, str | None, str | None]:
     if not provider:
-        return None, None
+        return None, None, None
     from tuneproxy import registry
 
-    caps = registry.provider_class(provider).capabilities
-    return caps.rules, caps.display_name
+    caps = registry.provider_class(provider)(None).capabilities
+    return caps.rules, caps.display_name, caps.tokenizer
 
 
 @app.command("providers")
 def providers_command(as_json: JsonOpt = False) -> None:
-    """List the providers, the hyperparameters each supports, and their data rules."""
+    """List the providers: the hyperparameters each supports, its options, data rules, and whether it is
+    installed."""
     from tuneproxy import registry
 
     rows = []
     for name in registry.names():
         try:
-            caps = registry.provider_class(name).capabilities
+            cls = registry.provider_class(name)
+            caps = cls(None).capabilities
         except TuneproxyError as exc:
             rows.append({"name": name, "available": False, "reason": str(exc)})
             continue
+        try:
+            registry.check_installed(name)
+            available, reason = True, None
+        except TuneproxyError as exc:
+            available, reason = False, str(exc)
         rows.append({
-            "name": name, "available": True, "display_name": caps.display_name, "env_key": caps.env_key,
+            "name": name, "available": available, "reason": reason, "display_name": caps.display_name,
+            "env_key": caps.env_key,
             "hyperparameters": {k: v.model_dump(exclude_defaults=True) for k, v in caps.parameters.items()},
+            "options": cls.Options.describe(),
             "formats": sorted(caps.rules.formats), "min_examples": caps.rules.min_examples,
             "max_examples": caps.rules.max_examples, "sunset": caps.sunset,
         })
     if as_json:
         _print_json(rows)
         return
-    table = Table(title="Providers")
-    for col in ("name", "key variable", "formats", "hyperparameters", "sunset"):
-        table.add_column(col)
-    for row in rows:
-        if not row["available"]:
-            table.add_row(row["name"], "", "", f"[red]{escape(row['reason'])}[/]", "")
-            continue
-        table.add_row(row["name"], row["env_key"] or "-", ", ".join(row["formats"]),
-                      ", ".join(row["hyperparameters"]), str(row["sunset"] or ""))
-    console.print(table)
+    from tuneproxy.render import providers_table
+
+    console.print(providers_table(rows))
 
 
-
-jobs_app = typer.Typer(help="Follow fine-tuning jobs the ledger knows: list, show, events, wait, cancel.",
-                       no_args_is_help=True)
+jobs_app = typer.Typer(help="Follow fine-tuning jobs the ledger knows: list, show, events, wait, cancel, resume.",
+                       no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(jobs_app, name="jobs")
-
-OfflineOpt = Annotated[bool, typer.Option("--offline", help="Read the ledger only; do not ask the service.")]
-PollOpt = Annotated[float | None, typer.Option("--poll-interval", min=0,
-                                               help="Seconds between status checks (default: the provider's).")]
+deployments_app = typer.Typer(help="Paid serving deployments of tuned models: create, list, show, delete.",
+                              no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(deployments_app, name="deployments")
 
 
 def _holdout_value(value: str | None) -> Any:
@@ -138,7 +151,7 @@ def _holdout_value(value: str | None) -> Any:
 
 
 @contextmanager
-def _warnings_shown():
+def _warnings_shown() -> Iterator[None]:
     """Show Python warnings (sunset dates, data warnings) as plain lines on stderr, as they happen."""
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
@@ -150,12 +163,9 @@ def _warnings_shown():
         yield
 
 
-OptionOpt = Annotated[list[str] | None, typer.Option(
-    "--option", "-o", help="Backend setting KEY=VALUE (repeatable), e.g. -o quantization=nf4 for local.")]
-
-
 def _options(pairs: list[str] | None) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; a value that parses as JSON (numbers, true, lists) is taken as such."""
+    """``KEY=VALUE`` pairs; a value that parses as JSON (numbers, true, lists) is taken as such. The
+    backend's own options model checks the keys and types."""
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -168,47 +178,60 @@ def _options(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
-@app.command()
-def estimate(
-    data: Annotated[Path, typer.Argument(help="Training data, JSONL.")],
-    provider: Annotated[str, typer.Option("--provider", "-p", help="Where it would train.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Base model.")],
-    epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data.")] = None,
-    option: OptionOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """What fine-tuning on DATA would cost, before anything is uploaded or paid."""
+def _with_hyperparameters(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` one flag per portable hyperparameter, generated from :class:`Hyperparameters`
+    (its names, types and descriptions); the command receives the given ones as ``hyperparameters``."""
+    from tuneproxy.contract import Hyperparameters
+
+    names = list(Hyperparameters.model_fields)
+    signature = inspect.signature(command, eval_str=True)
+    params = [p for p in signature.parameters.values() if p.name != "hyperparameters"]
+    for name, field in Hyperparameters.model_fields.items():
+        kind = next(t for t in get_args(field.annotation) if t is not type(None))
+        option = typer.Option(f"--{name.replace('_', '-')}", help=field.description)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[kind | None, option]))
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        given = {name: kwargs.pop(name) for name in names if kwargs.get(name) is not None}
+        for name in names:
+            kwargs.pop(name, None)
+        command(**kwargs, hyperparameters=given)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _tuner(provider: str, model: str, hyperparameters: dict[str, Any], option: list[str] | None,
+           **settings: Any) -> Any:
     from tuneproxy.tuner import Tuner
 
-    params = {"epochs": epochs} if epochs is not None else {}
+    return Tuner(provider, model, provider_options=_options(option), **settings, **hyperparameters)
+
+
+@app.command()
+@_with_hyperparameters
+def estimate(data: DataArg, provider: TrainProviderOpt, model: BaseModelOpt, option: OptionOpt = None,
+             as_json: JsonOpt = False, *, hyperparameters: dict[str, Any]) -> None:
+    """What fine-tuning on DATA would cost, before anything is uploaded or paid (takes the same
+    hyperparameters as `fit`: a price can depend on them)."""
     with _warnings_shown():
-        tuner = Tuner(provider, model, show_progress=False, provider_options=_options(option), **params)
-        result = tuner.estimate(data)
+        result = _tuner(provider, model, hyperparameters, option, show_progress=False).estimate(data)
     if as_json:
         _print_json(result.model_dump(mode="json"))
         return
-    usd = "unknown" if result.usd is None else f"${result.usd:.4f}"
-    console.print(f"[bold]{usd}[/] for {result.billable_tokens or 0:,} billable tokens on {provider} "
-                  f"({'from the service' if result.authoritative else 'estimated locally'}): "
-                  f"{escape(result.basis)}", highlight=False, soft_wrap=True)
+    from tuneproxy.render import estimate_line
+
+    console.print(estimate_line(result), highlight=False, soft_wrap=True)
 
 
 @app.command()
+@_with_hyperparameters
 def fit(
-    data: Annotated[Path, typer.Argument(help="Training data, JSONL.")],
-    provider: Annotated[str, typer.Option("--provider", "-p", help="Where to train: see `tuneproxy providers`.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Base model to fine-tune.")],
-    epochs: Annotated[int | None, typer.Option(help="Passes over the data.")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    learning_rate_multiplier: Annotated[float | None, typer.Option(help="OpenAI's LR multiplier.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
-    lora_rank: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
-    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha.")] = None,
-    lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout.")] = None,
-    max_seq_length: Annotated[int | None, typer.Option(help="Longest sequence in tokens.")] = None,
-    warmup_ratio: Annotated[float | None, typer.Option(help="Warm-up share of steps.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    suffix: Annotated[str | None, typer.Option(help="Tag for the tuned model's name.")] = None,
+    data: DataArg,
+    provider: TrainProviderOpt,
+    model: BaseModelOpt,
     holdout: Annotated[str | None, typer.Option(help="Validation JSONL, or a fraction/count to hold out.")] = None,
     stratify: Annotated[str | None, typer.Option(help="Metadata key to stratify the holdout by.")] = None,
     budget: Annotated[float | None, typer.Option(help="Refuse if the estimate is over this many USD.")] = None,
@@ -216,50 +239,47 @@ def fit(
     poll_interval: PollOpt = None,
     option: OptionOpt = None,
     as_json: JsonOpt = False,
+    *,
+    hyperparameters: dict[str, Any],
 ) -> None:
     """Validate, estimate, upload and submit a fine-tuning job, then follow it to the end."""
     from tuneproxy.jobs import Job
-    from tuneproxy.tuner import Tuner
 
-    params = {"epochs": epochs, "learning_rate": learning_rate, "learning_rate_multiplier": learning_rate_multiplier,
-              "batch_size": batch_size, "lora_rank": lora_rank, "lora_alpha": lora_alpha,
-              "lora_dropout": lora_dropout, "max_seq_length": max_seq_length, "warmup_ratio": warmup_ratio,
-              "seed": seed, "suffix": suffix}
     with _warnings_shown():
-        tuner = Tuner(provider, model, budget_usd=budget, poll_interval=poll_interval, show_progress=not as_json,
-                      provider_options=_options(option), **{k: v for k, v in params.items() if v is not None})
+        tuner = _tuner(provider, model, hyperparameters, option, budget_usd=budget, poll_interval=poll_interval,
+                       show_progress=not as_json)
         result = tuner.fit(data, _holdout_value(holdout), wait=not no_wait, stratify=stratify)
     record = result.record
     if as_json:
         payload = record.model_dump(mode="json")
         if not isinstance(result, Job):
-            payload["costs"] = result.costs
+            payload["costs"] = [c.model_dump(mode="json") for c in result.costs]
         _print_json(payload)
         return
     if isinstance(result, Job):
         console.print(f"Submitted job [bold]{record.job_id}[/] on {record.provider} ({record.status.value}). "
                       f"Follow it with `tuneproxy jobs wait {record.job_id}`.", highlight=False)
         return
-    billed = f"${record.billed_usd:.4f}" if record.billed_usd is not None else "not reported"
-    console.print(f"[bold green]Done:[/] {result.model} (job {record.job_id}, billed {billed})", highlight=False)
+    billed = next((c.usd for c in reversed(result.costs) if c.kind == "billed"), None)
+    shown = f"${billed:.4f}" if billed is not None else "not known"
+    console.print(f"[bold green]Done:[/] {result.model} (job {record.job_id}, billed {shown})", highlight=False)
 
 
-def _job_table(records: list) -> Table:
-    table = Table(title="Jobs")
-    for col in ("job", "provider", "base model", "status", "tuned model", "billed USD", "created"):
-        table.add_column(col, overflow="fold")
-    for r in records:
-        style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(r.status.value, "")
-        table.add_row(r.job_id, r.provider, r.model, f"[{style}]{r.status.value}[/]" if style else r.status.value,
-                      r.fine_tuned_model or "", "" if r.billed_usd is None else f"{r.billed_usd:.4f}",
-                      r.created_at.isoformat(timespec="seconds") if r.created_at else "")
-    return table
-
-
-def _attach(job_id: str, poll_interval: float | None = None):
+def _attach(job_id: str, poll_interval: float | None = None) -> Any:
     from tuneproxy.jobs import Job
 
     return Job.attach(job_id, poll_interval=poll_interval)
+
+
+def _load(job_id: str, offline: bool) -> tuple[Any, Any]:
+    """(the ledger, the job handle or None offline), refreshed from the service unless ``offline``."""
+    from tuneproxy.ledger import Ledger
+
+    if offline:
+        return Ledger(), None
+    job = _attach(job_id)
+    job.refresh()
+    return job.ledger, job
 
 
 @jobs_app.command("list")
@@ -267,12 +287,13 @@ def jobs_list(provider: ProviderOpt = None, limit: Annotated[int, typer.Option(m
               as_json: JsonOpt = False) -> None:
     """Jobs in the ledger, newest first (no service is contacted)."""
     from tuneproxy.ledger import Ledger
+    from tuneproxy.render import job_table
 
     records = Ledger().jobs(provider, limit)
     if as_json:
         _print_json([r.model_dump(mode="json") for r in records])
     elif records:
-        console.print(_job_table(records))
+        console.print(job_table(records))
     else:
         console.print("No jobs yet. Start one with `tuneproxy fit DATA --provider P --model M`.")
 
@@ -280,56 +301,43 @@ def jobs_list(provider: ProviderOpt = None, limit: Annotated[int, typer.Option(m
 @jobs_app.command("show")
 def jobs_show(job_id: str, offline: OfflineOpt = False, as_json: JsonOpt = False) -> None:
     """One job's state (refreshed from the service unless --offline) and its costs."""
-    from tuneproxy.ledger import Ledger
+    from tuneproxy.render import cost_lines, job_table
 
-    if offline:
-        ledger = Ledger()
-        record = ledger.job(job_id)
-    else:
-        job = _attach(job_id)
-        ledger, record = job.ledger, job.refresh()
+    ledger, job = _load(job_id, offline)
+    record = job.record if job else ledger.job(job_id)
     costs = ledger.job_costs(record)
     if as_json:
-        _print_json({**record.model_dump(mode="json"), "costs": costs})
+        _print_json({**record.model_dump(mode="json"), "costs": [c.model_dump(mode="json") for c in costs]})
         return
-    console.print(_job_table([record]))
+    console.print(job_table([record]))
     if record.error:
         console.print(f"[red]error from {record.provider}:[/] {escape(record.error)}", highlight=False)
-    for c in costs:
-        usd = "unknown" if c["usd"] is None else f"${c['usd']:.4f}"
-        console.print(f"{c['kind']}: {usd} — {escape(c['basis'])}", highlight=False)
+    for line in cost_lines(costs):
+        console.print(line, highlight=False)
 
 
 @jobs_app.command("events")
 def jobs_events(job_id: str, offline: OfflineOpt = False, as_json: JsonOpt = False) -> None:
     """A job's log lines and training metrics (new ones fetched from the service unless --offline)."""
-    from tuneproxy.ledger import Ledger
+    from tuneproxy.render import events_table
 
-    if offline:
-        ledger = Ledger()
-        record = ledger.job(job_id)
-        events = ledger.events(record.provider, record.job_id)
-    else:
-        job = _attach(job_id)
+    ledger, job = _load(job_id, offline)
+    if job:
         job.events()
-        events = job.history()
+    record = job.record if job else ledger.job(job_id)
+    events = ledger.events(record.provider, record.job_id)
     if as_json:
         _print_json([e.model_dump(mode="json") for e in events])
         return
-    table = Table(title=f"Events of {job_id}")
-    for col in ("time", "level", "step", "train loss", "valid loss", "message"):
-        table.add_column(col, overflow="fold")
-    for e in events:
-        table.add_row(e.time.isoformat(timespec="seconds"), e.level, "" if e.step is None else str(e.step),
-                      "" if e.train_loss is None else f"{e.train_loss:.4f}",
-                      "" if e.valid_loss is None else f"{e.valid_loss:.4f}", escape(e.message))
-    console.print(table)
+    console.print(events_table(job_id, events))
 
 
 @jobs_app.command("wait")
 def jobs_wait(job_id: str, poll_interval: PollOpt = None, as_json: JsonOpt = False) -> None:
     """Follow a job until it ends, with a live display. Exit 3 if it failed or was cancelled."""
+    from tuneproxy.contract import JobStatus
     from tuneproxy.display import JobDisplay
+    from tuneproxy.render import job_table
 
     job = _attach(job_id, poll_interval)
     with JobDisplay(enabled=not as_json) as display:
@@ -337,19 +345,103 @@ def jobs_wait(job_id: str, poll_interval: PollOpt = None, as_json: JsonOpt = Fal
     if as_json:
         _print_json(record.model_dump(mode="json"))
     else:
-        console.print(_job_table([record]))
-    if record.status.value != "succeeded":
+        console.print(job_table([record]))
+    if record.status is not JobStatus.SUCCEEDED:
         raise typer.Exit(3)
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, as_json: JsonOpt = False) -> None:
-    """Ask the service to stop a job."""
+    """Ask the service to stop a job (it may take a while to stop: `tuneproxy jobs wait` follows it)."""
     record = _attach(job_id).cancel()
     if as_json:
         _print_json(record.model_dump(mode="json"))
     else:
         console.print(f"Cancel requested: {record.job_id} is {record.status.value} ({record.raw_status}).",
+                      highlight=False)
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: str, as_json: JsonOpt = False) -> None:
+    """Restart a stopped job from its latest checkpoint (backends that can: the local one)."""
+    record = _attach(job_id).resume()
+    if as_json:
+        _print_json(record.model_dump(mode="json"))
+    else:
+        console.print(f"Resumed: {record.job_id} is {record.status.value}.", highlight=False)
+
+
+@deployments_app.command("create")
+def deployments_create(job_id: str, hardware: Annotated[str | None, typer.Option(
+        help="Hardware to serve on (the service's name for it; default: its own choice).")] = None,
+        as_json: JsonOpt = False) -> None:
+    """Start a PAID dedicated deployment of a succeeded job's tuned model (billed by the hour until
+    `tuneproxy deployments delete`)."""
+    tuned = _attach(job_id).result()
+    deployment = tuned.deploy(hardware=hardware)
+    if as_json:
+        _print_json(deployment.model_dump(mode="json"))
+        return
+    price = f"${deployment.usd_per_hour:.2f}/hour" if deployment.usd_per_hour is not None else "price unknown"
+    console.print(f"Deployment [bold]{deployment.deployment_id}[/] of {deployment.model} is {deployment.state} "
+                  f"({price}). Stop it with `tuneproxy deployments delete {deployment.deployment_id}`.",
+                  highlight=False)
+
+
+@deployments_app.command("list")
+def deployments_list(all_: Annotated[bool, typer.Option("--all", help="Include deleted ones.")] = False,
+                     as_json: JsonOpt = False) -> None:
+    """Deployments the ledger knows (active ones unless --all), newest first; no service is contacted."""
+    from tuneproxy.ledger import Ledger
+    from tuneproxy.render import deployment_table
+
+    rows = Ledger().deployments(active_only=not all_)
+    if as_json:
+        _print_json([d.model_dump(mode="json") for d in rows])
+    elif rows:
+        console.print(deployment_table(rows))
+    else:
+        console.print("No active deployments: nothing is billing by the hour.")
+
+
+def _deployment_provider(deployment_id: str) -> tuple[Any, Any, Any]:
+    """(ledger, deployment, the provider that serves it — built from the job's stored options)."""
+    from tuneproxy import registry
+    from tuneproxy.contract import Deployable
+    from tuneproxy.ledger import Ledger
+
+    ledger = Ledger()
+    deployment = ledger.deployment(deployment_id)
+    provider = registry.create(deployment.provider)
+    if not isinstance(provider, Deployable):
+        raise TuneproxyError(f"{deployment.provider} has no deployments to manage.")
+    return ledger, deployment, provider
+
+
+@deployments_app.command("show")
+def deployments_show(deployment_id: str, as_json: JsonOpt = False) -> None:
+    """One deployment's state, asked of the service (and saved)."""
+    from tuneproxy.render import deployment_table
+
+    ledger, deployment, provider = _deployment_provider(deployment_id)
+    current = provider.deployment(deployment.deployment_id)
+    ledger.save_deployment(current)
+    if as_json:
+        _print_json(current.model_dump(mode="json"))
+    else:
+        console.print(deployment_table([current]))
+
+
+@deployments_app.command("delete")
+def deployments_delete(deployment_id: str, as_json: JsonOpt = False) -> None:
+    """Stop and delete a deployment, so it stops billing."""
+    ledger, deployment, provider = _deployment_provider(deployment_id)
+    stopped = provider.undeploy(deployment.deployment_id)
+    ledger.save_deployment(stopped)
+    if as_json:
+        _print_json(stopped.model_dump(mode="json"))
+    else:
+        console.print(f"Deleted deployment {stopped.deployment_id} ({stopped.state}); it no longer bills.",
                       highlight=False)
 
 

@@ -8,27 +8,33 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 # The environment variables that hold provider keys: their values are removed wherever they appear,
-# whatever shape the key has (a Together key can be plain hex, which no pattern would catch).
-KEY_VARIABLES = ("OPENAI_API_KEY", "TOGETHER_API_KEY", "FIREWORKS_API_KEY", "REPLICATE_API_TOKEN")
+# whatever shape the key has (a Together key can be plain hex, which no pattern would catch). Each
+# provider declares its own variable and key shape (``Capabilities.credentials``); the registry
+# registers them here when the provider is loaded, so this module names no service.
+KEY_VARIABLES: set[str] = set()
 # Query parameters of presigned URLs that grant access (S3/GCS signatures, credentials, tokens).
 _SIGNED_QUERY = re.compile(r"(?i)([?&](?:[\w.-]*(?:signature|credential|token|key|sig))=)[^&#\s\"']+")
 
 _SECRET_PATTERNS = [
-    re.compile(r"sk-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"r8_[A-Za-z0-9]{8,}"),
-    re.compile(r"fw_[A-Za-z0-9]{8,}"),
-    re.compile(r"tgp_[A-Za-z0-9_\-]{8,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=]{8,}"),
     re.compile(r"(?i)(api[_-]?key[\"'=:\s]+)[A-Za-z0-9_\-\.]{8,}"),
 ]
 
 
+def register_secret(env_var: str, key_pattern: str | None = None) -> None:
+    """Scrub the value of ``env_var``, and anything shaped like ``key_pattern``, from every message."""
+    KEY_VARIABLES.add(env_var)
+    if key_pattern and all(p.pattern != key_pattern for p in _SECRET_PATTERNS):
+        _SECRET_PATTERNS.insert(0, re.compile(key_pattern))
+
+
 def redact(text: str) -> str:
     """Replace API keys (by shape, and the environment's own key values), bearer tokens and the
     signatures of presigned URLs with ``REDACTED``."""
-    for variable in KEY_VARIABLES:
+    for variable in sorted(KEY_VARIABLES):
         value = os.environ.get(variable)
         if value and len(value) >= 8:
             text = text.replace(value, "REDACTED")
@@ -87,6 +93,20 @@ class UnsupportedParameter(ConfigError):
     """A portable hyperparameter the chosen provider cannot honour."""
 
 
+class LifecycleNotBuilt(ConfigError):
+    """Submitting to this service is not built yet in this version of tuneproxy."""
+
+
+class BackendNotInstalled(ConfigError):
+    """The backend needs an optional extra that is not installed."""
+
+
+def config_error_from(exc: Any, what: str, hint: str = "") -> ConfigError:
+    """One :class:`ConfigError` for a pydantic ``ValidationError``: every problem, by field name."""
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    return ConfigError(f"{what}: {problems}.{(' ' + hint) if hint else ''}")
+
+
 class ProviderError(TuneproxyError):
     """A service refused or failed a request, or a job ended in failure.
 
@@ -119,6 +139,23 @@ class AuthenticationFailed(ProviderError):
     """The service rejected the API key (HTTP 401/403)."""
 
 
+class RateLimited(ProviderError):
+    """The service asked us to slow down (HTTP 429); ``retry_after`` is the delay it asked for, if any."""
+
+    def __init__(self, message: str, *, provider: str, retry_after: float | None = None,
+                 request_id: str | None = None) -> None:
+        super().__init__(message, provider=provider, status_code=429, raw="429", request_id=request_id)
+        self.retry_after = retry_after
+
+
+class NotFound(ProviderError):
+    """The service has no such job, file, model or deployment (HTTP 404)."""
+
+
+class ReplayMismatch(ProviderError):
+    """A replayed run sent a request its cassette does not hold (offline replay, not the network)."""
+
+
 class SubmissionUncertain(ProviderError):
     """A create request may have made a (paid) job but no answer came back: find it before resubmitting."""
 
@@ -135,10 +172,8 @@ class BudgetExceeded(TuneproxyError):
     """The cost estimate is above the budget the user set."""
 
 
-class ProviderSunset(TuneproxyError):
+class ProviderSunset(ProviderError):
     """The provider no longer accepts new jobs of this kind."""
-
-    exit_code = 3
 
 
 class JobNotFound(TuneproxyError):

@@ -1,8 +1,9 @@
-"""A job handle that follows a submitted job and keeps the ledger up to date, and the tuned model.
+"""A job handle that follows a submitted job and keeps the ledger up to date.
 
-Every read goes through :class:`Job`, so whatever the provider reports — status, events, the final bill —
-lands in the ledger the moment it is seen: a client that dies mid-wait loses nothing, and
-:meth:`Job.attach` picks the job up again from the ledger.
+Every read goes through :class:`Job`, so whatever the provider reports — status, events, the bill — lands
+in the ledger the moment it is seen: a client that dies mid-wait loses nothing, and :meth:`Job.attach`
+picks the job up again from the ledger, with the provider built from the options the job was
+submitted with.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from tuneproxy import registry
-from tuneproxy.contract import Endpoint, JobEvent, JobRecord, JobStatus, Provider
-from tuneproxy.errors import JobFailed
+from tuneproxy.contract import JobEvent, JobRecord, JobStatus, Provider, Resumable
+from tuneproxy.costs import bill_for
+from tuneproxy.errors import ConfigError, JobFailed
 from tuneproxy.ledger import Ledger
+from tuneproxy.tuned import TunedModel
 
 Update = Callable[[JobRecord, list[JobEvent]], None]
 
@@ -23,45 +26,54 @@ class Job:
     """A fine-tuning job on some backend: refresh it, read its events, wait for it, cancel it."""
 
     def __init__(self, provider: Provider, record: JobRecord, ledger: Ledger | None = None,
-                 poll_interval: float = 10.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 poll_interval: float | None = None, sleep: Callable[[float], None] | None = None) -> None:
         self.provider = provider
         self.record = record
         self.ledger = ledger or Ledger()
-        self.poll_interval = poll_interval
-        self.sleep = sleep
+        self.poll_interval = provider.capabilities.poll_seconds if poll_interval is None else poll_interval
+        self.sleep = sleep or provider.sleep
 
     def __repr__(self) -> str:
         return f"<Job {self.record.provider}:{self.id} {self.record.status.value}>"
 
     @property
     def id(self) -> str:
+        """The backend's job id."""
         return self.record.job_id
 
     @property
     def status(self) -> JobStatus:
+        """The status last seen (call :meth:`refresh` to ask again)."""
         return self.record.status
 
     @classmethod
     def attach(cls, job_id: str, *, ledger: Ledger | None = None, api_key: str | None = None,
-               poll_interval: float | None = None, **provider_options: Any) -> Job:
-        """Reattach to a job the ledger knows (after a restart), by id or unique id prefix."""
+               poll_interval: float | None = None, transport: Any = None,
+               sleep: Callable[[float], None] = time.sleep) -> Job:
+        """Reattach to a job the ledger knows (after a restart), by id or unique id prefix. The provider
+        is rebuilt with the options stored with the job's submission."""
         ledger = ledger or Ledger()
         record = ledger.job(job_id)
-        provider = registry.create(record.provider, api_key=api_key, **provider_options)
-        interval = provider.capabilities.poll_seconds if poll_interval is None else poll_interval
-        return cls(provider, record, ledger, interval)
+        submission = ledger.submission(record.intent_id) if record.intent_id else None
+        provider = registry.create(record.provider, submission.options if submission else None, api_key=api_key,
+                                   transport=transport, sleep=sleep)
+        return cls(provider, record, ledger, poll_interval)
 
-    def refresh(self) -> JobRecord:
-        """Ask the backend for the job's state; save it, and the final bill once the job has ended."""
-        record = self.provider.refresh(self.id)
+    def _keep(self, record: JobRecord) -> JobRecord:
         record.intent_id = record.intent_id or self.record.intent_id
         self.record = record
         self.ledger.save_job(record)
-        if record.status.terminal and (record.billed_usd is not None or record.trained_tokens is not None):
-            basis = f"{record.provider} billed figure for {record.job_id}"
-            if record.billed_usd is None:
-                basis += f": {record.trained_tokens:,} billed tokens, no price known to turn them into dollars"
-            self.ledger.record_billed(record, basis=basis)
+        return record
+
+    def refresh(self) -> JobRecord:
+        """Ask the backend for the job's state and save it; once the job has ended, save its bill (the
+        service's own figure, or what it counted priced with the catalogue)."""
+        record = self._keep(self.provider.refresh(self.id))
+        if record.status.terminal:
+            bill = bill_for(self.provider, record)
+            if bill is not None:
+                self.ledger.record_billed(record, usd=bill.usd, basis=bill.basis, price_source=bill.price_source,
+                                          authoritative=bill.authoritative)
         return record
 
     def events(self) -> list[JobEvent]:
@@ -90,16 +102,18 @@ class Job:
 
     def cancel(self) -> JobRecord:
         """Ask the backend to stop the job; the ledger records what it answered."""
-        record = self.provider.cancel(self.id)
-        record.intent_id = record.intent_id or self.record.intent_id
-        self.record = record
-        self.ledger.save_job(record)
-        return record
+        return self._keep(self.provider.cancel(self.id))
+
+    def resume(self) -> JobRecord:
+        """Restart a stopped job from its latest checkpoint, where the backend can (the local one)."""
+        if not isinstance(self.provider, Resumable):
+            raise ConfigError(f"{self.provider.capabilities.display_name} cannot resume a job; submit it again.")
+        return self._keep(self.provider.resume(self.id))
 
     def result(self) -> TunedModel:
         """The tuned model of a succeeded job; a failed or cancelled job raises :class:`JobFailed`."""
         record = self.record
-        if record.status is JobStatus.SUCCEEDED and record.fine_tuned_model:
+        if record.status is JobStatus.SUCCEEDED and record.tuned_model:
             return TunedModel(self.provider, record, self.ledger)
         if record.status is JobStatus.SUCCEEDED:
             raise JobFailed(f"Job {record.job_id} succeeded but {record.provider} reported no model name.",
@@ -111,52 +125,3 @@ class Job:
         raise JobFailed(f"Job {record.job_id} is still {record.status.value}; wait for it first "
                         f"(`tuneproxy jobs wait {record.job_id}`).", provider=record.provider,
                         raw=record.raw_status)
-
-
-class TunedModel:
-    """The result of a fine-tuning job: its name, where it came from, what it cost, how it trained."""
-
-    def __init__(self, provider: Provider, record: JobRecord, ledger: Ledger) -> None:
-        self._provider = provider
-        self.record = record
-        self._ledger = ledger
-
-    def __repr__(self) -> str:
-        return f"<TunedModel {self.provider}:{self.model}>"
-
-    @property
-    def provider(self) -> str:
-        return self.record.provider
-
-    @property
-    def model(self) -> str:
-        return self.record.fine_tuned_model or ""
-
-    @property
-    def base_model(self) -> str:
-        return self.record.model
-
-    @property
-    def job_id(self) -> str:
-        return self.record.job_id
-
-    @property
-    def endpoint(self) -> Endpoint:
-        """Generates with the tuned model."""
-        return self._provider.endpoint(self.model)
-
-    @property
-    def base_endpoint(self) -> Endpoint:
-        """Generates with the base model, loaded the same way, for comparison."""
-        return self._provider.endpoint(self.base_model)
-
-    @property
-    def metrics(self) -> list[JobEvent]:
-        """The job's events that carry training metrics (step, epoch, losses), oldest first."""
-        return [e for e in self._ledger.events(self.provider, self.job_id)
-                if e.train_loss is not None or e.valid_loss is not None]
-
-    @property
-    def costs(self) -> list[dict[str, Any]]:
-        """Every cost row for this job: estimates before it, the billed figure after."""
-        return self._ledger.job_costs(self.record)

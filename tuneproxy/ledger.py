@@ -1,10 +1,14 @@
-"""The ledger: an embedded SQLite database of submissions, jobs, events and costs.
+"""The ledger: an embedded SQLite database of submissions, jobs, events, deployments and costs.
 
 It is how a job survives a crash of the client (a submission's intent row is written *before* any paid
 call, and gets the job id as soon as the service answers), how a duplicate paid submission is
-prevented (an unfinished intent is reconciled with the service, not submitted again), and how spend is
-reported. Schema changes are numbered migrations recorded in ``PRAGMA user_version``. Keys are never
-stored: rows hold only what the services returned and what the user asked for.
+prevented (:meth:`Ledger.claim_intent` looks for an unfinished intent and writes a new one in one
+``BEGIN IMMEDIATE`` transaction, so two processes submitting the same request cannot both get a fresh
+intent; the unfinished one is reconciled with the service, not submitted again), and how spend is
+reported. Schema changes are numbered migrations recorded in ``PRAGMA user_version``; a released
+migration is never edited, only followed by a new one. Keys are never stored: rows hold only what the
+services returned and what the user asked for (a provider's options, never its key). Every timestamp
+the ledger writes comes from its clock, so tests can fix time.
 """
 
 from __future__ import annotations
@@ -12,17 +16,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from tuneproxy.contract import CostEstimate, JobEvent, JobRecord
+from tuneproxy.contract import Clock, CostEstimate, Deployment, JobEvent, JobRecord, QuantityKind, utc_now
 from tuneproxy.errors import JobNotFound, TuneproxyError
+from tuneproxy.paths import home
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -81,16 +86,67 @@ MIGRATIONS: list[str] = [
         basis       TEXT NOT NULL
     );
     """,
+    # 2: provider options kept with each submission (to reattach a job with the same provider); costs
+    # rebuilt (SQLite cannot alter a CHECK) for inference and deployment rows, with the model, a low/high
+    # range and a typed quantity instead of a token count; paid deployments. Every old cost row is copied
+    # with its id; its model is taken from its job or submission where the ledger knows it.
+    # No statement may contain a literal semicolon outside a string (see Ledger._statements).
+    """
+    ALTER TABLE submissions ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE costs_v2 (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        recorded_at   TEXT NOT NULL,
+        provider      TEXT NOT NULL,
+        intent_id     TEXT,
+        job_id        TEXT,
+        deployment_id TEXT,
+        kind          TEXT NOT NULL CHECK (kind IN ('estimate', 'billed', 'inference', 'deployment')),
+        model         TEXT,
+        usd           REAL,
+        usd_low       REAL,
+        usd_high      REAL,
+        quantity      REAL,
+        unit          TEXT,
+        price_source  TEXT,
+        authoritative INTEGER NOT NULL DEFAULT 0,
+        basis         TEXT NOT NULL
+    );
+    INSERT INTO costs_v2 (id, recorded_at, provider, intent_id, job_id, kind, model, usd, quantity, unit, basis)
+        SELECT c.id, c.recorded_at, c.provider, c.intent_id, c.job_id, c.kind,
+               COALESCE((SELECT j.model FROM jobs j WHERE j.provider = c.provider AND j.job_id = c.job_id),
+                        (SELECT s.model FROM submissions s WHERE s.intent_id = c.intent_id)),
+               c.usd, c.tokens, CASE WHEN c.tokens IS NULL THEN NULL ELSE 'training_tokens' END, c.basis
+        FROM costs c ORDER BY c.id;
+    DROP TABLE costs;
+    ALTER TABLE costs_v2 RENAME TO costs;
+    CREATE INDEX costs_job ON costs (provider, job_id, kind);
+    CREATE INDEX costs_intent ON costs (intent_id);
+    CREATE TABLE deployments (
+        provider      TEXT NOT NULL,
+        deployment_id TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        serving_model TEXT,
+        state         TEXT NOT NULL,
+        raw_state     TEXT NOT NULL,
+        hardware      TEXT,
+        usd_per_hour  REAL,
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL,
+        deleted_at    TEXT,
+        record        TEXT NOT NULL,
+        PRIMARY KEY (provider, deployment_id)
+    );
+    """,
 ]
 
-
-def home() -> Path:
-    """``$TUNEPROXY_HOME``, default ``~/.tuneproxy``."""
-    return Path(os.environ.get("TUNEPROXY_HOME") or Path.home() / ".tuneproxy")
+SubmissionState = Literal["pending", "uncertain", "submitted", "failed", "refused"]
+CostKind = Literal["estimate", "billed", "inference", "deployment"]
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+class DeploymentNotFound(TuneproxyError):
+    """No deployment with that id in the ledger."""
+
+    exit_code = 2
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -106,30 +162,69 @@ class Submission(BaseModel):
     model: str
     fingerprint: str
     request: dict[str, Any]
-    state: str
+    options: dict[str, Any] = {}
+    state: SubmissionState
     job_id: str | None = None
     error: str | None = None
 
 
-class Ledger:
-    """The state database. One per ``$TUNEPROXY_HOME``; safe to open from several processes (WAL)."""
+class CostRow(BaseModel):
+    """One row of the costs table: an estimate, a billed figure, or an inference or deployment charge."""
 
-    def __init__(self, path: Path | str | None = None) -> None:
+    id: int
+    recorded_at: dt.datetime
+    provider: str
+    intent_id: str | None = None
+    job_id: str | None = None
+    deployment_id: str | None = None
+    kind: CostKind
+    model: str | None = None
+    usd: float | None = None
+    usd_low: float | None = None
+    usd_high: float | None = None
+    quantity: float | None = None
+    unit: QuantityKind | None = None
+    price_source: str | None = None
+    authoritative: bool = False
+    basis: str
+
+
+class Ledger:
+    """The state database. One per ``$TUNEPROXY_HOME``; safe to open and write from several processes
+    at once (WAL, a 30 s busy timeout, and ``BEGIN IMMEDIATE`` around every read-then-write)."""
+
+    def __init__(self, path: Path | str | None = None, clock: Clock = utc_now) -> None:
         self.path = Path(path) if path else home() / "state.db"
+        self.clock = clock
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self._use_wal()
         except (OSError, sqlite3.Error) as exc:
             raise TuneproxyError(f"Cannot open the ledger at {self.path} ({exc}); set TUNEPROXY_HOME to a "
                                  "writable folder.") from None
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+
+    def _use_wal(self, patience_s: float = 30.0) -> None:
+        # Switching a new file to WAL needs it to itself, and SQLite answers "locked" at once instead of
+        # waiting, when another process is opening the same new file: wait here. WAL is then permanent.
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def close(self) -> None:
         """Close the database connection."""
         self.db.close()
+
+    def _now(self) -> str:
+        return self.clock().isoformat()
 
     # -- schema ---------------------------------------------------------------------------------------
     @property
@@ -137,18 +232,48 @@ class Ledger:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def _migrate(self) -> None:
-        current = self.version
-        if current > len(MIGRATIONS):
-            raise TuneproxyError(f"The ledger at {self.path} is schema {current}, newer than this tuneproxy "
-                                 f"understands ({len(MIGRATIONS)}); upgrade tuneproxy.")
-        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        # Each migration runs in its own transaction, and the version is read again inside it: another
+        # process opening the same new file at the same moment may have applied it already.
+        if self.version == len(MIGRATIONS):  # the usual case: no write lock needed to learn it
+            return
+        while True:
             with self._transaction():
-                for statement in filter(str.strip, script.split(";")):
-                    self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {number}")
+                current = self.version
+                if current > len(MIGRATIONS):
+                    raise TuneproxyError(f"The ledger at {self.path} is schema {current}, newer than this "
+                                         f"tuneproxy understands ({len(MIGRATIONS)}); upgrade tuneproxy.")
+                if current == len(MIGRATIONS):
+                    return
+                try:
+                    for statement in self._statements(MIGRATIONS[current]):
+                        self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {current + 1}")
+                except sqlite3.Error as exc:
+                    step = f"from schema {current} to {current + 1}"
+                    raise TuneproxyError(f"Could not upgrade the ledger at {self.path} {step} ({exc}); it was "
+                                         "left unchanged. Please report this.") from exc
+
+    @staticmethod
+    def _statements(script: str) -> list[str]:
+        """The statements of a migration script, split on the semicolons that end them (a semicolon
+        inside a quoted string does not end a statement)."""
+        statements: list[str] = []
+        pending = ""
+        for piece in script.split(";"):
+            pending += piece + ";"
+            if sqlite3.complete_statement(pending):
+                if pending.strip(" \n;"):
+                    statements.append(pending)
+                pending = ""
+        if pending.strip(" \n;"):
+            raise ValueError(f"Unterminated statement in a migration: {pending.strip()[:80]!r}")
+        return statements
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        if self.db.in_transaction:  # already inside one: its BEGIN IMMEDIATE covers this too
+            yield
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -157,35 +282,71 @@ class Ledger:
             raise
         self.db.execute("COMMIT")
 
+    def _find(self, table: str, key: str, ident: str, provider: str | None) -> list[sqlite3.Row]:
+        """Rows whose ``key`` is ``ident`` or starts with it (an exact match wins); wildcards are literal."""
+        query = f"SELECT {key}, record FROM {table} WHERE substr({key}, 1, ?) = ?"
+        args: list[Any] = [len(ident), ident]
+        if provider:
+            query += " AND provider = ?"
+            args.append(provider)
+        rows = self.db.execute(query, args).fetchall()
+        exact = [r for r in rows if r[key] == ident]
+        return exact or rows
+
     # -- submissions ----------------------------------------------------------------------------------
-    def record_intent(self, provider: str, model: str, fingerprint: str, request: dict[str, Any]) -> Submission:
-        """Write the intent row for a submission about to be made.
+    def claim_intent(self, provider: str, model: str, fingerprint: str, request: dict[str, Any],
+                     options: dict[str, Any] | None = None) -> tuple[Submission, bool]:
+        """The intent to submit this request: ``(submission, fresh)``.
 
-        Its id is derived from the request's fingerprint and how many times that same request was made
-        before: the same request gets the same id (it tags the job at the service, like an idempotency
-        key), and a deliberate re-run of a finished request gets a new one.
+        In one ``BEGIN IMMEDIATE`` transaction (so concurrent callers, in any process, are serialised):
+        if a submission of the same request to the same provider is still pending or uncertain (a client
+        died, or a create's answer was lost), that newest one is returned with ``fresh=False`` and must be
+        reconciled with the service before anything is submitted; otherwise a new pending intent is
+        written and returned with ``fresh=True``. Of several concurrent callers exactly one gets
+        ``fresh=True``.
+
+        The intent id is derived from the request's fingerprint and how many times that request was made
+        before, so it is deterministic across machines, like an idempotency key: the same request gets
+        the same id (it tags the job at the service), and a deliberate rerun of a finished request gets a
+        new one. A teammate who reruns the same data on a shared account after a crash can therefore
+        adopt the job the first run created instead of paying for a second one; that is intended.
+
+        ``options`` are the provider's non-secret settings (``ProviderOptions.stored()``), kept so the
+        job can be followed later by a provider built the same way.
         """
-        attempt = self.db.execute("SELECT count(*) FROM submissions WHERE fingerprint = ?",
-                                  (fingerprint,)).fetchone()[0]
-        intent_id = hashlib.sha256(f"{fingerprint}:{attempt}".encode()).hexdigest()[:32]
-        sub = Submission(intent_id=intent_id, created_at=_now(), provider=provider, model=model,
-                         fingerprint=fingerprint, request=request, state="pending")
-        self.db.execute(
-            "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-            (sub.intent_id, sub.created_at, provider, model, fingerprint, json.dumps(request), sub.state),
-        )
-        return sub
+        options = dict(options or {})
+        try:
+            with self._transaction():
+                row = self.db.execute(
+                    "SELECT * FROM submissions WHERE provider = ? AND fingerprint = ? AND state IN "
+                    "('pending', 'uncertain') ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                    (provider, fingerprint),
+                ).fetchone()
+                if row:
+                    return self._submission(row), False
+                attempt = self.db.execute("SELECT count(*) FROM submissions WHERE fingerprint = ?",
+                                          (fingerprint,)).fetchone()[0]
+                while True:
+                    intent_id = hashlib.sha256(f"{fingerprint}:{attempt}".encode()).hexdigest()[:32]
+                    taken = self.db.execute("SELECT 1 FROM submissions WHERE intent_id = ?",
+                                            (intent_id,)).fetchone()
+                    if not taken:
+                        break
+                    attempt += 1
+                sub = Submission(intent_id=intent_id, created_at=self._now(), provider=provider, model=model,
+                                 fingerprint=fingerprint, request=request, options=options, state="pending")
+                self.db.execute(
+                    "INSERT INTO submissions (intent_id, created_at, provider, model, fingerprint, request, "
+                    "options, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (sub.intent_id, sub.created_at, provider, model, fingerprint, json.dumps(request),
+                     json.dumps(options), sub.state),
+                )
+                return sub, True
+        except sqlite3.IntegrityError as exc:  # not expected: the transaction excludes every other writer
+            raise TuneproxyError(f"Could not record the submission in the ledger at {self.path} ({exc}); "
+                                 "run the command again.") from None
 
-    def unfinished_intent(self, provider: str, fingerprint: str) -> Submission | None:
-        """A pending submission of the same request whose outcome is unknown (the client died or the
-        create's answer was lost): it must be reconciled with the service before submitting again."""
-        row = self.db.execute(
-            "SELECT * FROM submissions WHERE provider = ? AND fingerprint = ? AND state IN ('pending', "
-            "'uncertain') ORDER BY created_at DESC LIMIT 1", (provider, fingerprint),
-        ).fetchone()
-        return self._submission(row) if row else None
-
-    def mark_submission(self, intent_id: str, state: str, job_id: str | None = None,
+    def mark_submission(self, intent_id: str, state: SubmissionState, job_id: str | None = None,
                         error: str | None = None) -> None:
         """Record what became of a submission: submitted (with its job id), uncertain, failed or refused."""
         self.db.execute("UPDATE submissions SET state = ?, job_id = COALESCE(?, job_id), error = ? "
@@ -200,6 +361,7 @@ class Ledger:
     def _submission(row: sqlite3.Row) -> Submission:
         data = dict(row)
         data["request"] = json.loads(data["request"])
+        data["options"] = json.loads(data["options"])
         return Submission(**data)
 
     # -- jobs -----------------------------------------------------------------------------------------
@@ -213,24 +375,16 @@ class Ledger:
                  finished_at = excluded.finished_at, updated_at = excluded.updated_at, error = excluded.error,
                  trained_tokens = excluded.trained_tokens, billed_usd = excluded.billed_usd,
                  record = excluded.record""",
-            (record.provider, record.job_id, record.intent_id, record.model, record.status.value,
-             record.raw_status, record.fine_tuned_model, _iso(record.created_at), _iso(record.finished_at),
-             _now(), record.error, record.trained_tokens, record.billed_usd, record.model_dump_json()),
+            (record.provider, record.job_id, record.intent_id, record.base_model, record.status.value,
+             record.raw_status, record.tuned_model, _iso(record.created_at), _iso(record.finished_at),
+             self._now(), record.error, record.trained_tokens, record.billed_usd, record.model_dump_json()),
         )
 
     def job(self, job_id: str, provider: str | None = None) -> JobRecord:
         """The last saved state of a job, by its id or a prefix of it that names exactly one job."""
         if not job_id.strip():
             raise JobNotFound("Give a job id (or the start of one); `tuneproxy jobs list` shows them.")
-        query = "SELECT job_id, record FROM jobs WHERE substr(job_id, 1, ?) = ?"
-        args: list[Any] = [len(job_id), job_id]
-        if provider:
-            query += " AND provider = ?"
-            args.append(provider)
-        rows = self.db.execute(query, args).fetchall()
-        exact = [r for r in rows if r["job_id"] == job_id]
-        if exact:
-            rows = exact
+        rows = self._find("jobs", "job_id", job_id, provider)
         if not rows:
             raise JobNotFound(f"No job {job_id!r} in the ledger at {self.path}; `tuneproxy jobs list` shows "
                               "the jobs it knows.")
@@ -273,40 +427,113 @@ class Ledger:
                               "ORDER BY rowid DESC LIMIT 1", (provider, job_id)).fetchone()
         return row["event_id"] if row else None
 
+    # -- deployments ----------------------------------------------------------------------------------
+    def save_deployment(self, deployment: Deployment) -> None:
+        """Insert or update a deployment's latest state; a stopped one is marked deleted (no longer billed).
+
+        ``created_at`` is the service's own time when it gave one, else when the ledger first saw it.
+        """
+        now = self._now()
+        self.db.execute(
+            """INSERT INTO deployments VALUES (:provider, :deployment_id, :model, :serving_model, :state,
+                 :raw_state, :hardware, :usd_per_hour, COALESCE(:created_at, :now), :now,
+                 CASE WHEN :state = 'stopped' THEN :now END, :record)
+               ON CONFLICT (provider, deployment_id) DO UPDATE SET
+                 model = excluded.model, serving_model = excluded.serving_model, state = excluded.state,
+                 raw_state = excluded.raw_state, hardware = excluded.hardware,
+                 usd_per_hour = excluded.usd_per_hour,
+                 created_at = COALESCE(:created_at, deployments.created_at), updated_at = excluded.updated_at,
+                 deleted_at = CASE WHEN excluded.state = 'stopped'
+                                   THEN COALESCE(deployments.deleted_at, excluded.deleted_at) END,
+                 record = excluded.record""",
+            {"provider": deployment.provider, "deployment_id": deployment.deployment_id, "model": deployment.model,
+             "serving_model": deployment.serving_model, "state": deployment.state,
+             "raw_state": deployment.raw_state, "hardware": deployment.hardware,
+             "usd_per_hour": deployment.usd_per_hour, "created_at": _iso(deployment.created_at), "now": now,
+             "record": deployment.model_dump_json()},
+        )
+
+    def deployments(self, active_only: bool = True) -> list[Deployment]:
+        """Known deployments, newest first; by default only those not yet stopped."""
+        where = " WHERE deleted_at IS NULL" if active_only else ""
+        rows = self.db.execute(f"SELECT record FROM deployments{where} ORDER BY created_at DESC, "
+                               "updated_at DESC").fetchall()
+        return [Deployment.model_validate_json(r["record"]) for r in rows]
+
+    def deployment(self, deployment_id: str, provider: str | None = None) -> Deployment:
+        """The last saved state of a deployment, by its id or a prefix of it that names exactly one."""
+        if not deployment_id.strip():
+            raise DeploymentNotFound("Give a deployment id (or the start of one).")
+        rows = self._find("deployments", "deployment_id", deployment_id, provider)
+        if not rows:
+            raise DeploymentNotFound(f"No deployment {deployment_id!r} in the ledger at {self.path}.")
+        if len(rows) > 1:
+            names = ", ".join(sorted(r["deployment_id"] for r in rows)[:5])
+            raise DeploymentNotFound(f"{deployment_id!r} is the start of {len(rows)} deployments ({names}); "
+                                     "give more of the id.")
+        return Deployment.model_validate_json(rows[0]["record"])
+
     # -- costs ----------------------------------------------------------------------------------------
     def record_estimate(self, estimate: CostEstimate, intent_id: str | None = None) -> None:
         """Store a cost estimate made before (or while) submitting."""
+        quantity: float | None = None
+        unit: str | None = None
+        if estimate.billable_tokens is not None:
+            quantity, unit = estimate.billable_tokens, "training_tokens"
+        elif estimate.quantities:
+            quantity, unit = estimate.quantities[0].amount, estimate.quantities[0].kind
         self.db.execute(
-            "INSERT INTO costs (recorded_at, provider, intent_id, job_id, kind, usd, tokens, basis) "
-            "VALUES (?, ?, ?, NULL, 'estimate', ?, ?, ?)",
-            (_now(), estimate.provider, intent_id, estimate.usd, estimate.billable_tokens, estimate.basis),
+            "INSERT INTO costs (recorded_at, provider, intent_id, kind, model, usd, usd_low, usd_high, quantity, "
+            "unit, price_source, authoritative, basis) VALUES (?, ?, ?, 'estimate', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self._now(), estimate.provider, intent_id, estimate.model, estimate.usd, estimate.usd_low,
+             estimate.usd_high, quantity, unit, estimate.price_source, int(estimate.authoritative),
+             estimate.basis),
         )
 
-    def record_billed(self, record: JobRecord, basis: str) -> None:
-        """The service's final figure for a finished job (once per job)."""
-        exists = self.db.execute("SELECT 1 FROM costs WHERE provider = ? AND job_id = ? AND kind = 'billed'",
-                                 (record.provider, record.job_id)).fetchone()
-        if exists:
-            return
-        self.db.execute(
-            "INSERT INTO costs (recorded_at, provider, intent_id, job_id, kind, usd, tokens, basis) "
-            "VALUES (?, ?, ?, ?, 'billed', ?, ?, ?)",
-            (_now(), record.provider, record.intent_id, record.job_id, record.billed_usd, record.trained_tokens,
-             basis),
-        )
+    def record_billed(self, record: JobRecord, *, usd: float | None, basis: str, price_source: str | None = None,
+                      authoritative: bool = False) -> bool:
+        """The billed figure of a job: one row per job, updated whenever the figure changes (a running or
+        just-settled job's bill may still move; it is final only when the job is). Returns whether the
+        row was written or changed."""
+        tokens = record.trained_tokens
+        quantity, unit = (None, None) if tokens is None else (float(tokens), "training_tokens")
+        with self._transaction():
+            row = self.db.execute(
+                "SELECT id, usd, quantity, unit, price_source, authoritative, basis, model, intent_id FROM costs "
+                "WHERE provider = ? AND job_id = ? AND kind = 'billed' ORDER BY id DESC LIMIT 1",
+                (record.provider, record.job_id),
+            ).fetchone()
+            if row is None:
+                self.db.execute(
+                    "INSERT INTO costs (recorded_at, provider, intent_id, job_id, kind, model, usd, quantity, "
+                    "unit, price_source, authoritative, basis) VALUES (?, ?, ?, ?, 'billed', ?, ?, ?, ?, ?, ?, ?)",
+                    (self._now(), record.provider, record.intent_id, record.job_id, record.base_model, usd,
+                     quantity, unit, price_source, int(authoritative), basis),
+                )
+                return True
+            values = (usd, quantity, unit, price_source, int(authoritative), basis, record.base_model,
+                      record.intent_id or row["intent_id"])
+            if tuple(row)[1:] == values:
+                return False
+            self.db.execute(
+                "UPDATE costs SET recorded_at = ?, usd = ?, quantity = ?, unit = ?, price_source = ?, "
+                "authoritative = ?, basis = ?, model = ?, intent_id = COALESCE(?, intent_id) WHERE id = ?",
+                (self._now(), *values, row["id"]),
+            )
+            return True
 
-    def costs(self, job_id: str | None = None, intent_id: str | None = None) -> list[dict[str, Any]]:
+    def costs(self, job_id: str | None = None, intent_id: str | None = None) -> list[CostRow]:
         """Cost rows, optionally of one job or one submission, oldest first."""
         rows = self.db.execute("SELECT * FROM costs WHERE (? IS NULL OR job_id = ?) AND (? IS NULL OR "
                                "intent_id = ?) ORDER BY id", (job_id, job_id, intent_id, intent_id)).fetchall()
-        return [dict(r) for r in rows]
+        return [CostRow(**dict(r)) for r in rows]
 
-    def job_costs(self, record: JobRecord) -> list[dict[str, Any]]:
+    def job_costs(self, record: JobRecord) -> list[CostRow]:
         """Every cost row of a job: the estimates made for its submission, then what was billed."""
         rows = self.db.execute("SELECT * FROM costs WHERE (provider = ? AND job_id = ?) OR (? IS NOT NULL AND "
                                "intent_id = ?) ORDER BY id", (record.provider, record.job_id, record.intent_id,
                                                              record.intent_id)).fetchall()
-        return [dict(r) for r in rows]
+        return [CostRow(**dict(r)) for r in rows]
 
     def spend(self) -> dict[str, float]:
         """Billed dollars per provider, all time."""
@@ -315,4 +542,4 @@ class Ledger:
         return {r["provider"]: r["usd"] or 0.0 for r in rows}
 
 
-__all__ = ["Ledger", "Submission", "home"]
+__all__ = ["MIGRATIONS", "CostRow", "DeploymentNotFound", "Ledger", "Submission", "SubmissionState", "home"]

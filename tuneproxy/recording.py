@@ -13,6 +13,7 @@ request with a response from the request's own library.
   service acted on a request but its answer never arrived.
 
 Set ``TUNEPROXY_RECORD=1`` (with real keys) and :func:`transport_for` records instead of replaying.
+The one place a run chooses between the network, a replay and a recording is :func:`transport_from_env`.
 """
 
 from __future__ import annotations
@@ -490,18 +491,21 @@ class LostResponseTransport(_DualTransport):
         self.times = times
 
     def _should_lose(self, request: Any) -> bool:
-        hit = request.method == self.method and request.url.path == self.path and self.times > 0
-        if hit:
-            self.times -= 1
-        return hit
+        with self._lock:
+            hit = request.method == self.method and request.url.path == self.path and self.times > 0
+            if hit:
+                self.times -= 1
+            return hit
 
     def _exchange(self, request: Any) -> Any:
-        self.log.append(capture_request(request))
+        with self._lock:
+            self.log.append(capture_request(request))
         response = self.inner.handle_request(request)
         return self._lose(request, response)
 
     async def _aexchange(self, request: Any) -> Any:
-        self.log.append(capture_request(request))
+        with self._lock:
+            self.log.append(capture_request(request))
         response = await self.inner.handle_async_request(request)
         return self._lose(request, response)
 
@@ -532,3 +536,18 @@ def transport_for(
                                   description=description or f"{provider} {scenario}, recorded")
     return ReplayTransport(path, name=f"{provider}/{scenario}")
 
+
+
+CASSETTE_ENV = "TUNEPROXY_CASSETTE"
+
+
+def transport_from_env(provider: str) -> ReplayTransport | RecordingTransport | None:
+    """The transport a run's environment asks for: with ``TUNEPROXY_CASSETTE=path``, replay that cassette
+    (or, with ``TUNEPROXY_RECORD=1`` too, record it); otherwise None (the SDK's own network transport)."""
+    path = os.environ.get(CASSETTE_ENV)
+    if not path:
+        return None
+    if os.environ.get(RECORD_ENV) == "1":
+        return RecordingTransport(path, provider=provider, scenario=Path(path).stem,
+                                  description=f"{provider} {Path(path).stem}, recorded through the CLI")
+    return ReplayTransport(path)

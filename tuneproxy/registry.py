@@ -1,19 +1,22 @@
-"""Finds backends by name. The core never imports a backend module directly.
+"""Finds backends by name and builds them. The core never imports a backend module directly.
 
 Built-in backends are listed here as ``"module:Class"`` strings and imported only when asked for;
-third-party backends register under the entry-point group ``tuneproxy.providers``.
+third-party backends register under the entry-point group ``tuneproxy.providers``. Loading a backend
+registers its key's variable and shape for redaction (:func:`tuneproxy.errors.register_secret`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import time
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any
 
-from tuneproxy.contract import Provider
-from tuneproxy.errors import ConfigError, MissingCredentials
+from tuneproxy.contract import Clock, Provider, ProviderOptions, utc_now
+from tuneproxy.errors import BackendNotInstalled, ConfigError, MissingCredentials, register_secret
 
 BUILTIN: dict[str, str] = {
     "openai": "tuneproxy.providers.openai:OpenAIProvider",
@@ -47,42 +50,45 @@ def provider_class(name: str) -> type[Provider]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        hint = " Install the local extra: pip install 'tuneproxy[local]'." if name == "local" else ""
-        raise ConfigError(f"Provider {name!r} could not be loaded ({exc}).{hint}") from None
-    return getattr(module, attr)
+        raise ConfigError(f"Provider {name!r} could not be loaded ({exc}).") from None
+    cls: type[Provider] = getattr(module, attr)
+    credentials = cls.CAPABILITIES.credentials
+    if credentials:
+        register_secret(credentials.env_var, credentials.key_pattern)
+    return cls
 
 
-CASSETTE_ENV = "TUNEPROXY_CASSETTE"
-
-
-def _cassette_transport(name: str, path: str) -> Any:
-    """Replay (or, with ``TUNEPROXY_RECORD=1``, record) every request of this run through one cassette."""
-    from tuneproxy.recording import RECORD_ENV, RecordingTransport, ReplayTransport
-
-    if os.environ.get(RECORD_ENV) == "1":
-        return RecordingTransport(path, provider=name, scenario=Path(path).stem,
-                                  description=f"{name} {Path(path).stem}, recorded through the CLI")
-    return ReplayTransport(path)
-
-
-def create(name: str, *, api_key: str | None = None, require_key: bool = True, **options: Any) -> Provider:
-    """Build the provider ``name``, taking its key from the environment when not given.
-
-    With ``TUNEPROXY_CASSETTE=path`` set, the provider talks to that recorded cassette instead of the
-    network (a replay needs no real key) — how the CLI is tested and demonstrated offline.
-    """
+def check_installed(name: str) -> None:
+    """Raise :class:`BackendNotInstalled` when the backend needs an optional extra that is missing."""
     cls = provider_class(name)
-    env_key = cls.capabilities.env_key
-    cassette = os.environ.get(CASSETTE_ENV)
-    replaying = bool(cassette) and os.environ.get("TUNEPROXY_RECORD") != "1"
-    if cassette and "transport" not in options:
-        options["transport"] = _cassette_transport(name, cassette)
-    if api_key is None and env_key:
-        api_key = os.environ.get(env_key) or ("replay-key" if replaying else None)
+    missing = [module for module in cls.REQUIRES if importlib.util.find_spec(module) is None]
+    if missing:
+        raise BackendNotInstalled(
+            f"The {cls.CAPABILITIES.display_name} backend needs {', '.join(missing)}, which is not installed: "
+            f"pip install 'tuneproxy[{cls.EXTRA or name}]'.")
+
+
+def create(name: str, options: ProviderOptions | Mapping[str, Any] | None = None, *, api_key: str | None = None,
+           require_key: bool = True, transport: Any = None, clock: Clock = utc_now,
+           sleep: Callable[[float], None] = time.sleep) -> Provider:
+    """Build the provider ``name`` from its options, taking its key from the environment when not given.
+
+    ``options`` is validated by the provider's own :class:`ProviderOptions` (a wrong key or type is a
+    :class:`ConfigError` naming the nearest valid one). With ``TUNEPROXY_CASSETTE=path`` set the provider
+    talks to that recorded cassette instead of the network (a replay needs no real key) — how the CLI is
+    tested and demonstrated offline (:func:`tuneproxy.recording.transport_from_env`).
+    """
+    from tuneproxy.recording import ReplayTransport, transport_from_env
+
+    cls = provider_class(name)
+    check_installed(name)
+    if transport is None:
+        transport = transport_from_env(name)
+    credentials = cls.CAPABILITIES.credentials
+    if api_key is None and credentials:
+        api_key = os.environ.get(credentials.env_var)
+        if api_key is None and isinstance(transport, ReplayTransport):
+            api_key = "replay-key"  # a cassette answers whatever the key; none is sent anywhere
         if api_key is None and require_key:
-            raise MissingCredentials(cls.capabilities.display_name, env_key)
-    try:
-        return cls(api_key=api_key, **options)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"Invalid setting for provider {name!r}: {exc}. Check the -o/--option values "
-                          "(`tuneproxy providers` lists what each provider takes).") from None
+            raise MissingCredentials(cls.CAPABILITIES.display_name, credentials.env_var)
+    return cls(options, api_key=api_key, transport=transport, clock=clock, sleep=sleep)

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from tuneproxy import paths
 from tuneproxy.errors import ConfigError
 
 # The official files and the hashes tiktoken pins for them (tiktoken_ext/openai_public.py).
@@ -45,13 +45,11 @@ REPLY_PRIMING = 3
 # SmolLM) split English into more pieces, so the bound stated next to every estimated figure is a wider ±25%.
 APPROX_ERROR_BOUND = 0.25
 
-_OPENAI_MODEL = re.compile(r"^(ft:)?(gpt-|o[1-9]|chatgpt|davinci|babbage|text-)")
 
 
 def cache_dir() -> Path:
     """Where rebuilt vocabulary files live (under ``$TUNEPROXY_HOME/cache``)."""
-    home = Path(os.environ.get("TUNEPROXY_HOME") or Path.home() / ".tuneproxy")
-    return home / "cache" / "tiktoken"
+    return paths.home() / "cache" / "tiktoken"
 
 
 def _official_file(name: str) -> bytes:
@@ -109,12 +107,8 @@ def tiktoken_encoding(name: str):
         return tiktoken.get_encoding(name)
 
 
-def is_openai_model(model: str | None) -> bool:
-    return bool(model) and bool(_OPENAI_MODEL.match(model or ""))
-
-
-def openai_encoding_name(model: str) -> str:
-    """The encoding an OpenAI model uses (tiktoken's own table, offline)."""
+def tiktoken_encoding_name(model: str) -> str:
+    """The encoding a tiktoken-tokenized model uses (tiktoken's own table, offline; o200k_base if unknown)."""
     import tiktoken.model
 
     base = model.split(":")[1] if model.startswith("ft:") else model
@@ -236,8 +230,20 @@ class ApproxCounter:
         return self._inner.count_batch(conversations)
 
 
+def _hf_tokenizer_on_disk(model: str) -> bool:
+    """Whether ``model`` is a local folder or in the local Hugging Face cache — checked without
+    importing transformers, so validation stays fast when there is nothing to load."""
+    if Path(model).expanduser().is_dir():
+        return True
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" /
+                                                      "huggingface") / "hub")
+    return "/" in model and (hub / ("models--" + model.replace("/", "--"))).is_dir()
+
+
 def _local_hf_tokenizer(model: str):
     """The model's tokenizer from a local folder or the local Hugging Face cache, or None."""
+    if not _hf_tokenizer_on_disk(model):
+        return None
     try:
         from transformers import AutoTokenizer
     except ImportError:
@@ -248,10 +254,12 @@ def _local_hf_tokenizer(model: str):
         return None
 
 
-def counter_for(model: str | None) -> TokenCounter:
-    """The best counter available offline for ``model``; None or an unknown open model: the estimate."""
-    if model and is_openai_model(model):
-        return TiktokenCounter(openai_encoding_name(model))
+def counter_for(model: str | None, family: str | None = None) -> TokenCounter:
+    """The best counter available offline for ``model`` of tokenizer ``family`` (the provider's
+    ``Capabilities.tokenizer``): tiktoken's encoding for a tiktoken model; the model's own tokenizer when
+    it is on disk; otherwise the stated estimate."""
+    if model and family == "tiktoken":
+        return TiktokenCounter(tiktoken_encoding_name(model))
     if model:
         tokenizer = _local_hf_tokenizer(model)
         if tokenizer is not None:

@@ -11,39 +11,47 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from pydantic import ValidationError
 
 from tuneproxy import registry
 from tuneproxy.contract import (
     PORTABLE_HYPERPARAMETERS,
+    Clock,
     CostEstimate,
     Hyperparameters,
     JobRecord,
     JobSpec,
     Provider,
+    ProviderOptions,
     UploadedFile,
     utc_now,
 )
+from tuneproxy.costs import price_estimate
 from tuneproxy.dataset.convert import write_jsonl
 from tuneproxy.dataset.examples import Example
 from tuneproxy.dataset.split import split_holdout
-from tuneproxy.dataset.validate import Report, first_findings, load_examples, validate
+from tuneproxy.dataset.validate import Report, first_findings, load_examples, token_stats, validate
 from tuneproxy.display import JobDisplay
 from tuneproxy.errors import (
     BudgetExceeded,
     ConfigError,
     DatasetError,
+    MissingCredentials,
     ProviderError,
     ProviderSunset,
     SubmissionUncertain,
+    config_error_from,
 )
-from tuneproxy.jobs import Job, TunedModel
+from tuneproxy.jobs import Job
 from tuneproxy.ledger import Ledger
+from tuneproxy.tokens import TokenCounter, counter_for
+from tuneproxy.tuned import TunedModel
 
 Data = str | Path | Iterable[dict[str, Any]]
 
@@ -57,11 +65,12 @@ class DatasetWarning(UserWarning):
 
 
 def supported_by() -> dict[str, list[str]]:
-    """Portable hyperparameter → display names of the registered providers that support it."""
+    """Portable hyperparameter → display names of the registered providers that support it (as each
+    is built with its default options)."""
     table: dict[str, list[str]] = {name: [] for name in PORTABLE_HYPERPARAMETERS}
     for name in registry.names():
         try:
-            caps = registry.provider_class(name).capabilities
+            caps = registry.provider_class(name)(None).capabilities
         except ConfigError:
             continue
         for param in caps.parameters:
@@ -69,99 +78,97 @@ def supported_by() -> dict[str, list[str]]:
     return table
 
 
-def _stated(estimate: CostEstimate, report: Report) -> CostEstimate:
-    """The estimate with the token count's error bound said next to it, when the count is not exact."""
-    stats = report.stats
-    if estimate.authoritative or stats is None or stats.exact:
-        return estimate
-    note = f" Token count estimated with {stats.tokenizer}: the figure is good to ±{stats.error_bound:.0%}."
-    return estimate.model_copy(update={"basis": estimate.basis + note})
-
-
 class Tuner:
     """Fine-tunes ``model`` on ``provider`` with portable hyperparameters (``epochs=3``, ``lora_rank=16``…).
 
-    Options: ``budget_usd`` refuses a job whose estimate is higher; ``poll_interval`` (seconds) paces
-    the wait (default: the provider's own cadence); ``show_progress`` draws the live display;
-    ``provider_options`` go to the provider (e.g. an injected ``transport``); ``api_key`` overrides the
-    provider's environment variable.
+    ``provider_options`` are the backend's own settings (its :class:`ProviderOptions`: ``tuneproxy
+    providers`` lists them), validated now. ``budget_usd`` refuses a job whose estimate is higher;
+    ``poll_interval`` (seconds) paces the wait (default: the provider's own cadence); ``show_progress``
+    draws the live display; ``api_key`` overrides the provider's environment variable. ``transport``,
+    ``clock``, ``sleep`` and ``ledger`` are seams for tests and embedding.
     """
 
     def __init__(self, provider: str, model: str, *, budget_usd: float | None = None,
                  poll_interval: float | None = None, show_progress: bool = True, api_key: str | None = None,
-                 ledger: Ledger | None = None, clock: Any = utc_now,
-                 provider_options: dict[str, Any] | None = None, **hyperparameters: Any) -> None:
+                 ledger: Ledger | None = None, clock: Clock = utc_now,
+                 provider_options: ProviderOptions | Mapping[str, Any] | None = None, transport: Any = None,
+                 sleep: Callable[[float], None] = time.sleep, **hyperparameters: Any) -> None:
         unknown = sorted(set(hyperparameters) - set(PORTABLE_HYPERPARAMETERS))
         if unknown:
             raise ConfigError(f"Unknown setting(s): {', '.join(unknown)}. Hyperparameters use portable names: "
-                              f"{', '.join(PORTABLE_HYPERPARAMETERS)}.")
+                              f"{', '.join(PORTABLE_HYPERPARAMETERS)}; backend settings go in provider_options.")
         try:
             self.hyperparameters = Hyperparameters(**hyperparameters)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"Invalid hyperparameter: {problems}.") from None
+            raise config_error_from(exc, "Invalid hyperparameter") from None
         self.provider_name = provider
         self.model = model
         self.budget_usd = budget_usd
         self.show_progress = show_progress
         self.clock = clock
         self._ledger = ledger
-        self._provider_class = registry.provider_class(provider)
-        self.poll_interval = self._provider_class.capabilities.poll_seconds if poll_interval is None else poll_interval
-        self._provider_class.translate(self.hyperparameters, supported_by())
-        self._api_key = api_key
-        self._options = dict(provider_options or {})
-        reserved = sorted({"api_key", "clock"} & set(self._options))
-        if reserved:
-            raise ConfigError(f"{', '.join(reserved)} cannot be a provider option: pass it to Tuner itself "
-                              "(the key comes from the environment).")
-        self._provider: Provider | None = None
+        self.provider: Provider = registry.create(provider, provider_options, api_key=api_key, require_key=False,
+                                                  transport=transport, clock=clock, sleep=sleep)
+        caps = self.provider.capabilities
+        self.poll_interval = caps.poll_seconds if poll_interval is None else poll_interval
+        self.provider.translate(self.hyperparameters, supported_by())
+        self._counter: TokenCounter | None = None
 
     def __repr__(self) -> str:
         return f"<Tuner {self.provider_name}:{self.model} {self.hyperparameters.given()}>"
 
     @property
     def ledger(self) -> Ledger:
+        """The ledger this tuner records into (``$TUNEPROXY_HOME/state.db`` unless one was given)."""
         if self._ledger is None:
-            self._ledger = Ledger()
+            self._ledger = Ledger(clock=self.clock)
         return self._ledger
 
     @property
-    def provider(self) -> Provider:
-        """The backend, built on first use (so a missing key is reported only when it is needed)."""
-        if self._provider is None:
-            self._provider = registry.create(self.provider_name, api_key=self._api_key, clock=self.clock,
-                                             **self._options)
-        return self._provider
+    def counter(self) -> TokenCounter:
+        """The token counter for this model, of the family the provider bills by."""
+        if self._counter is None:
+            self._counter = counter_for(self.model, self.provider.capabilities.tokenizer)
+        return self._counter
 
     # -- the steps --------------------------------------------------------------------------------------
     def check_sunset(self) -> None:
         """Raise :class:`ProviderSunset` after the provider's cut-off date; warn with the date before it."""
-        caps = self._provider_class.capabilities
+        caps = self.provider.capabilities
         if not caps.sunset:
             return
         today = self.clock().date()
         if today >= caps.sunset:
             raise ProviderSunset(f"{caps.display_name} stopped accepting new fine-tuning jobs on "
                                  f"{caps.sunset.isoformat()}. {caps.sunset_note} Choose another provider "
-                                 "(for example provider='together' or provider='local').".replace("  ", " "))
+                                 "(`tuneproxy providers` lists them).".replace("  ", " "),
+                                 provider=self.provider_name)
         days = (caps.sunset - today).days
         warnings.warn(f"{caps.display_name} stops accepting new fine-tuning jobs on {caps.sunset.isoformat()} "
                       f"({days} days from now); plan a move to another provider.", SunsetWarning, stacklevel=3)
 
     def validate(self, data: Data, holdout: Data | None = None, check_size: bool = True) -> Report:
         """Validate ``data`` against this provider's rules and this model's tokenizer and context."""
-        caps = self._provider_class.capabilities
+        caps = self.provider.capabilities
         return validate(data, rules=caps.rules, service=caps.display_name, model=self.model, holdout=holdout,
-                        check_size=check_size)
+                        check_size=check_size, counter=self.counter)
 
     def estimate(self, data: Data) -> CostEstimate:
         """What fine-tuning on ``data`` would cost, before anything is uploaded or paid (no key needed
-        for a price-table estimate; the service's own figure comes once the data is uploaded in ``fit``)."""
-        report = self._checked(data, None)
-        provider = self._provider or registry.create(self.provider_name, api_key=self._api_key, require_key=False,
-                                                     clock=self.clock, **self._options)
-        return self._preflight(provider, report)
+        for a catalogue estimate; the service's own figure comes once the data is uploaded in ``fit``)."""
+        return self._preflight(self._checked(data, None))
+
+    @overload
+    def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: Literal[True] = True,
+            seed: int = 0, stratify: str | None = None) -> TunedModel: ...
+
+    @overload
+    def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: Literal[False],
+            seed: int = 0, stratify: str | None = None) -> Job: ...
+
+    @overload
+    def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: bool,
+            seed: int = 0, stratify: str | None = None) -> TunedModel | Job: ...
 
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: bool = True,
             seed: int = 0, stratify: str | None = None) -> TunedModel | Job:
@@ -172,35 +179,42 @@ class Tuner:
         """
         self.check_sunset()
         train, held, report = self._prepare(data, holdout, seed, stratify)
-        estimate = self._preflight(self.provider, report)
+        self._require_key()
+        estimate = self._preflight(report)
         self._guard(estimate)
-        fingerprint = self._fingerprint(train, held)
-        pending = self.ledger.unfinished_intent(self.provider_name, fingerprint)
+        submission, fresh = self.ledger.claim_intent(
+            self.provider_name, self.model, self._fingerprint(train, held), self._request(data, train, held),
+            self.provider.options.stored())
         with JobDisplay(enabled=self.show_progress) as display:
-            found = self._reconcile(pending.intent_id) if pending else None
+            found = None if fresh else self._reconcile(submission.intent_id)
             if found is not None:
                 job = Job(self.provider, found, self.ledger, self.poll_interval)
             else:
-                intent_id = pending.intent_id if pending else self.ledger.record_intent(
-                    self.provider_name, self.model, fingerprint, self._request(data, train, held)).intent_id
-                self.ledger.record_estimate(estimate, intent_id)
-                job = self._submit(intent_id, train, held, report, display)
+                self.ledger.record_estimate(estimate, submission.intent_id)
+                job = self._submit(submission.intent_id, train, held, report, display)
             if not wait:
                 return job
             job.wait(on_update=display)
         return job.result()
 
     # -- helpers ----------------------------------------------------------------------------------------
-    def _preflight(self, provider: Provider, report: Report) -> CostEstimate:
+    def _require_key(self) -> None:
+        credentials = self.provider.capabilities.credentials
+        if credentials and not self.provider.api_key:
+            raise MissingCredentials(self.provider.capabilities.display_name, credentials.env_var)
+
+    def _preflight(self, report: Report) -> CostEstimate:
         """The provider's own objections to this job (raised), then its estimate before any upload."""
         spec = self._spec(training_file="", intent_id="", fmt=report.format or "chat")
-        problems = provider.check(spec)
+        problems = self.provider.check(spec)
         if problems:
             raise ConfigError(" ".join(problems))
-        return _stated(provider.estimate(report.stats, spec), report)
+        assert report.stats is not None
+        return price_estimate(self.provider, self.provider.estimate(report.stats, spec), report.stats)
 
-    def _checked(self, data: Data, holdout: Data | None, what: str = "data", warn: bool = True) -> Report:
-        report = self.validate(data, holdout, check_size=what == "data")
+    def _checked(self, data: Data, holdout: Data | None, what: str = "data", warn: bool = True,
+                 check_size: bool = True) -> Report:
+        report = self.validate(data, holdout, check_size=check_size)
         if not report.ok:
             shown = "\n".join(f"  line {f.line}: {f.code} {f.message}" for f in first_findings(report))
             raise DatasetError(f"The {what} has {report.errors} error(s); nothing was uploaded. First ones:\n{shown}\n"
@@ -214,16 +228,15 @@ class Tuner:
 
     def _prepare(self, data: Data, holdout: Data | float | int | None, seed: int,
                  stratify: str | None) -> tuple[list[Example], list[Example], Report]:
+        """Validate once; then, for a fraction/count, split and count the training part's tokens alone."""
         if isinstance(holdout, (float, int)) and not isinstance(holdout, bool):
-            self._checked(data, None)
+            report = self._checked(data, None)
             train, held = split_holdout(load_examples(data), holdout, seed=seed, stratify=stratify)
-            # the training part again, for its own token statistics and the leakage check
-            report = self._checked([ex.record for ex in train], [ex.record for ex in held], warn=False)
-            return train, held, report
+            return train, held, report.model_copy(update={"stats": token_stats(train, self.counter)})
         report = self._checked(data, holdout)
         held: list[Example] = []
         if holdout is not None:
-            self._checked(holdout, None, what="holdout")
+            self._checked(holdout, None, what="holdout", check_size=False)
             held = load_examples(holdout)
         return load_examples(data), held, report
 
@@ -233,8 +246,9 @@ class Tuner:
                        format=fmt, hyperparameters=self.hyperparameters, intent_id=intent_id)
 
     def _guard(self, estimate: CostEstimate) -> None:
-        if self.budget_usd is not None and estimate.usd is not None and estimate.usd > self.budget_usd:
-            raise BudgetExceeded(f"The estimate is ${estimate.usd:.2f} ({estimate.basis}), over the budget of "
+        figure = estimate.usd_high if estimate.usd_high is not None else estimate.usd
+        if self.budget_usd is not None and figure is not None and figure > self.budget_usd:
+            raise BudgetExceeded(f"The estimate is up to ${figure:.2f} ({estimate.basis}), over the budget of "
                                  f"${self.budget_usd:.2f}. Raise the budget, use fewer epochs or less data.")
 
     def _fingerprint(self, train: list[Example], held: list[Example]) -> str:
@@ -257,7 +271,8 @@ class Tuner:
             self.ledger.mark_submission(intent_id, "submitted", job_id=found.job_id)
         return found
 
-    def _upload(self, intent_id: str, examples: list[Example], purpose: str, display: JobDisplay) -> UploadedFile:
+    def _upload(self, intent_id: str, examples: list[Example], purpose: Literal["train", "validation"],
+                display: JobDisplay) -> UploadedFile:
         """Write the examples in the provider's format to a private temporary file, upload it, delete it
         (a copy of training data left behind could hold the personal data the scan warned about)."""
         with tempfile.TemporaryDirectory(prefix=f"tuneproxy-{intent_id[:8]}-") as folder:
@@ -265,7 +280,7 @@ class Tuner:
             size = write_jsonl(examples, path, self.provider.serialize)
             display.stage(f"uploading {purpose} data to {self.provider_name} ({len(examples)} examples, "
                           f"{size:,} bytes)")
-            return self.provider.upload(path, purpose)  # type: ignore[arg-type]
+            return self.provider.upload(path, purpose)
 
     def _submit(self, intent_id: str, train: list[Example], held: list[Example], report: Report,
                 display: JobDisplay) -> Job:
@@ -275,6 +290,7 @@ class Tuner:
             validation = self._upload(intent_id, held, "validation", display) if held else None
             spec = self._spec(training.id, intent_id, validation.id if validation else None, fmt)
             display.stage(f"estimating and submitting to {self.provider_name}")
+            assert report.stats is not None
             refined = self.provider.estimate(report.stats, spec)
             if refined.authoritative:
                 self.ledger.record_estimate(refined, intent_id)
@@ -298,5 +314,3 @@ class Tuner:
         self.ledger.save_job(record)
         self.ledger.mark_submission(intent_id, "submitted", job_id=record.job_id)
         return Job(self.provider, record, self.ledger, self.poll_interval)
-
-

@@ -151,19 +151,22 @@ def validate(
     model: str | None = None,
     holdout: str | Path | Iterable[dict[str, Any]] | None = None,
     counter: TokenCounter | None = None,
+    tokenizer: str | None = None,
     keep: int = 50,
     workers: int | None = None,
     check_size: bool = True,
 ) -> Report:
     """Check a dataset against the common rules and, when given, a service's ``rules``.
 
-    ``source`` is a JSONL path or an iterable of example dicts. ``model`` picks the token counter
-    (exact for OpenAI models) and the context limit. ``holdout`` is checked for leakage into training.
+    ``source`` is a JSONL path or an iterable of example dicts. ``model`` and ``tokenizer`` (the
+    provider's tokenizer family, ``Capabilities.tokenizer``) pick the token counter — exact for tiktoken
+    models and for a model whose tokenizer is on disk — and ``model`` the context limit. ``holdout`` is
+    checked for leakage into training.
     A large file is checked in ``workers`` processes at once (default: one per core, at most four).
     ``check_size=False`` skips the example-count rules (for a holdout, which is small by design).
     """
     rules = rules or GENERIC_RULES
-    job = _Job(rules, service or "the target service", model, counter or counter_for(model),
+    job = _Job(rules, service or "the target service", model, counter or counter_for(model, tokenizer),
                _holdout_fingerprints(holdout) if holdout is not None else {}, keep)
     path = Path(source) if isinstance(source, (str, Path)) else None
     if path is not None:
@@ -323,6 +326,19 @@ def _holdout_fingerprints(holdout: str | Path | Iterable[dict[str, Any]]) -> dic
     for line, obj in iter_objects(holdout, Findings()):
         seen.setdefault(fingerprint_hash(Example.from_record(obj, line), fold=True), line)
     return seen
+
+
+def token_stats(examples: list[Example], counter: TokenCounter) -> Stats:
+    """Token statistics of ``examples`` alone, counted with ``counter`` (no rules checked): the training
+    part of a split, whose examples were validated with the whole file."""
+    hist: Counter = Counter()
+    for start in range(0, len(examples), 512):
+        hist.update(counter.count_batch([ex.messages() for ex in examples[start:start + 512]]))
+    n = len(examples)
+    return Stats(examples=n, total_tokens=sum(tokens * count for tokens, count in hist.items()),
+                 tokens_p5=_percentile(hist, n, 0.05), tokens_p50=_percentile(hist, n, 0.5),
+                 tokens_p95=_percentile(hist, n, 0.95), tokens_max=max(hist) if hist else 0,
+                 exact=counter.exact, error_bound=counter.error_bound, tokenizer=counter.name)
 
 
 def load_examples(source: str | Path | Iterable[dict[str, Any]], strict: bool = False) -> list[Example]:

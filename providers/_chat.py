@@ -1,0 +1,77 @@
+"""A model behind an OpenAI-style ``chat.completions.create``, as a tuneproxy :class:`Endpoint`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tuneproxy.contract import Completion, Endpoint, GenerationParams, Message, Usage, timed
+from tuneproxy.errors import ProviderError
+
+
+class ChatEndpoint(Endpoint):
+    """Chat completions on ``model`` through an async SDK client.
+
+    ``client_factory`` builds the async client. One is kept per event loop, because an async HTTP
+    client's connections belong to the loop that opened them (each blocking ``complete`` runs its own
+    loop and closes its client at the end). ``to_error`` maps the SDK's errors; ``price`` turns usage into
+    dollars (the core's catalogue), or None when the price is not known.
+    """
+
+    def __init__(self, model: str, client_factory: Callable[[], Any], *,
+                 to_error: Callable[[BaseException], ProviderError], sdk_errors: tuple[type[BaseException], ...],
+                 price: Callable[[Usage], float | None] | None = None) -> None:
+        self.model = model
+        self._factory = client_factory
+        self._to_error = to_error
+        self._sdk_errors = sdk_errors
+        self._price = price
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<ChatEndpoint {self.model}>"
+
+    def _client_for_loop(self) -> Any:
+        loop = asyncio.get_running_loop()
+        # a client whose loop has closed holds no live connection any more: forget it
+        self._clients = {lp: c for lp, c in self._clients.items() if not lp.is_closed()}
+        if loop not in self._clients:
+            self._clients[loop] = self._factory()
+        return self._clients[loop]
+
+    @staticmethod
+    def request_arguments(params: GenerationParams) -> dict[str, Any]:
+        """The generation settings under the chat-completions names."""
+        kwargs: dict[str, Any] = {"max_tokens": params.max_tokens, "temperature": params.temperature,
+                                  "top_p": params.top_p}
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        if params.stop:
+            kwargs["stop"] = list(params.stop)
+        return kwargs
+
+    async def _generate(self, messages: Sequence[Message], params: GenerationParams) -> Completion:
+        client = self._client_for_loop()
+        start = time.perf_counter()
+        try:
+            response = await client.chat.completions.create(
+                model=self.model, messages=[dict(m) for m in messages], **self.request_arguments(params))
+        except self._sdk_errors as exc:
+            raise self._to_error(exc) from None
+        latency = timed(start)
+        usage = Usage(prompt_tokens=getattr(response.usage, "prompt_tokens", 0) or 0,
+                      completion_tokens=getattr(response.usage, "completion_tokens", 0) or 0)
+        choice = response.choices[0] if response.choices else None
+        return Completion(
+            text=(choice.message.content or "") if choice else "",
+            finish_reason=str(getattr(choice, "finish_reason", None) or "unknown"),
+            usage=usage, latency_s=latency, cost_usd=self._price(usage) if self._price else None,
+        )
+
+    async def aclose(self) -> None:
+        """Close the async client of the running loop (its connections belong to that loop)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()

@@ -1,0 +1,54 @@
+"""Each benchmark still runs: ``--quick`` (same steps, tiny inputs) in a subprocess, figures and ratio printed.
+
+Only that it runs and what it prints are checked; its speed is not (quick-mode figures measure nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+NUMBER = r"([0-9][0-9,]*(?:\.[0-9]+)?)"
+
+
+def run_quick(script: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, f"{script} --quick exited {out.returncode}:\n{out.stdout}\n{out.stderr[-4000:]}"
+    return out.stdout
+
+
+def figure(text: str, pattern: str) -> float:
+    """The number ``pattern``'s first group matches in ``text``, which must be positive."""
+    match = re.search(pattern, text, re.MULTILINE)
+    assert match, f"no line matching {pattern!r} in:\n{text}"
+    value = float(match.group(1).replace(",", ""))
+    assert value > 0, f"{pattern!r}: {value} in:\n{text}"
+    return value
+
+
+def test_validate_benchmark_quick():
+    out = run_quick("bench_validate.py")
+    for label in ("tuneproxy validate (exact tokens)", "tuneproxy validate, one process",
+                  "tiktoken counting alone (floor)", "together check_file (JSON only)", "tuneproxy on 10x"):
+        figure(out, rf"^{re.escape(label)}.*?\s{NUMBER} ex/s ")
+    figure(out, rf"^ratio tuneproxy / tiktoken floor: {NUMBER}x")
+    figure(out, rf"^ratio tuneproxy / together check_file: {NUMBER}x")
+    figure(out, rf"^peak RSS 10x / 1x: {NUMBER} ")
+
+
+def test_local_train_benchmark_quick():
+    pytest.importorskip("torch")
+    out = run_quick("bench_local_train.py")
+    assert "[cpu]" in out, out
+    for label in ("tuneproxy local (packed)", "transformers Trainer + peft (padded)"):
+        figure(out, rf"^\s+{re.escape(label)}\s+{NUMBER}\s")  # tokens/s
+    figure(out, rf"speed ratio {NUMBER}x; peak memory ratio [0-9.]+x")
+    figure(out, rf"speed ratio [0-9.]+x; peak memory ratio {NUMBER}x")

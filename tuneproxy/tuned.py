@@ -1,0 +1,80 @@
+"""The result of a fine-tuning job: a tuned model, its base for comparison, its costs and metrics."""
+
+from __future__ import annotations
+
+from tuneproxy.contract import Deployable, Deployment, Endpoint, JobEvent, JobRecord, Provider
+from tuneproxy.errors import ConfigError
+from tuneproxy.ledger import CostRow, Ledger
+
+
+class TunedModel:
+    """A tuned model: its name, where it came from, what it cost, how it trained, and endpoints to ask it
+    (and its base) questions. Nothing here spends money unasked: a backend that serves a tuned model only
+    on a paid deployment needs :meth:`deploy` first."""
+
+    def __init__(self, provider: Provider, record: JobRecord, ledger: Ledger) -> None:
+        self._provider = provider
+        self.record = record
+        self._ledger = ledger
+
+    def __repr__(self) -> str:
+        return f"<TunedModel {self.provider}:{self.tuned_model}>"
+
+    @property
+    def provider(self) -> str:
+        """The backend's name."""
+        return self.record.provider
+
+    @property
+    def tuned_model(self) -> str:
+        """The tuned model's name at the backend."""
+        return self.record.tuned_model or ""
+
+    model = tuned_model  # the short name: ``tuned.model``
+
+    @property
+    def base_model(self) -> str:
+        """The model the job fine-tuned."""
+        return self.record.base_model
+
+    @property
+    def job_id(self) -> str:
+        """The backend's job id."""
+        return self.record.job_id
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Generates with the tuned model (on a :class:`Deployable` backend, pass the deployment's
+        serving name to the provider's ``endpoint`` instead)."""
+        return self._provider.endpoint(self.tuned_model)
+
+    @property
+    def base_endpoint(self) -> Endpoint:
+        """Generates with the model the job trained on, as the backend serves it, for comparison."""
+        serving = self._provider.inference_model(self.base_model)
+        if serving is None:
+            raise ConfigError(
+                f"{self._provider.capabilities.display_name} cannot serve the base model {self.base_model} "
+                "for comparison. Deploy it on a dedicated endpoint and compare against that.")
+        return self._provider.endpoint(serving)
+
+    def deploy(self, hardware: str | None = None) -> Deployment:
+        """Start a paid dedicated deployment of the tuned model (billed by the hour until deleted with
+        ``tuneproxy deployments delete``); recorded in the ledger. Only where the backend needs one."""
+        if not isinstance(self._provider, Deployable):
+            raise ConfigError(f"{self._provider.capabilities.display_name} serves tuned models without a "
+                              "deployment: use `.endpoint`.")
+        deployment = self._provider.deploy(self.tuned_model, hardware=hardware)
+        self._ledger.save_deployment(deployment)
+        return deployment
+
+    @property
+    def metrics(self) -> list[JobEvent]:
+        """The job's events that carry training metrics (step, epoch, losses), oldest first."""
+        return [e for e in self._ledger.events(self.provider, self.job_id)
+                if e.train_loss is not None or e.valid_loss is not None]
+
+    @property
+    def costs(self) -> list[CostRow]:
+        """Every cost row for this job: estimates before it, the bill after."""
+        return self._ledger.job_costs(self.record)
