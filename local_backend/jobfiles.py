@@ -127,9 +127,10 @@ class JobFiles:
         count, so they are unique and ordered across every process that writes, and sort as strings."""
         with self.locked():
             lines, ends_cleanly = self._count_lines()
+            if not ends_cleanly:  # a writer killed mid-line left a fragment: it becomes a line of its own
+                lines += 1
             event = {"id": f"{lines + 1:08d}", "time": self.now(), "level": level, "message": message,
                      **{k: v for k, v in metrics.items() if v is not None}}
-            # a writer killed mid-line left a fragment: end it, so this event gets a line of its own
             line = ("" if ends_cleanly else "\n") + json.dumps(event) + "\n"
             with self.path(EVENTS_FILE).open("a", encoding="utf-8") as fh:
                 fh.write(line)

@@ -33,6 +33,7 @@ from tuneproxy.contract import (
     Stats,
     UploadedFile,
 )
+from tuneproxy.dataset.convert import kept_record
 
 from ._http import to_datetime
 from ._sdk import SDKOptions, SDKProvider
@@ -44,6 +45,12 @@ SUNSET = dt.date(2027, 1, 6)
 MESSAGE_KEYS = frozenset(
     {"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call", "refusal"}
 )
+# The keys of each format that the upload carries; anything else (tuneproxy's metadata) stays home.
+UPLOAD_KEYS: dict[str, tuple[str, ...]] = {
+    "chat": ("messages", "tools", "parallel_tool_calls"),
+    "preference": ("input", "preferred_output", "non_preferred_output"),
+    "completion": ("prompt", "completion"),
+}
 
 CAPABILITIES = Capabilities(
     display_name="OpenAI",
@@ -215,12 +222,7 @@ class OpenAIProvider(SDKProvider):
 
     def serialize(self, example: Any) -> dict[str, Any]:
         """The example as OpenAI's JSONL expects it; tuneproxy's own ``metadata`` is dropped."""
-        keep = {
-            "chat": ("messages", "tools", "parallel_tool_calls"),
-            "preference": ("input", "preferred_output", "non_preferred_output"),
-            "completion": ("prompt", "completion"),
-        }.get(example.format, ())
-        return {key: example.record[key] for key in keep if key in example.record}
+        return kept_record(example, UPLOAD_KEYS)
 
     # ------------------------------------------------------------------ wire → contract
 

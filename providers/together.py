@@ -43,6 +43,7 @@ from tuneproxy.contract import (
     Stats,
     UploadedFile,
 )
+from tuneproxy.dataset.convert import kept_record
 from tuneproxy.errors import NotFound
 
 from ._http import intent_tag, to_datetime
@@ -59,6 +60,13 @@ END_OF_TRAINING_EVENT_TYPES = frozenset(
     {"training_complete", "early_stopped", "job_complete", "job_error", "job_stopped"}
 )
 STEP_KEY, EPOCH_KEY, TRAIN_LOSS_KEY, VALID_LOSS_KEY = "train/global_step", "train/epoch", "train/loss", "eval/loss"
+# The keys of each format that the upload carries; anything else (tuneproxy's metadata) stays home.
+UPLOAD_KEYS: dict[str, tuple[str, ...]] = {
+    "chat": ("messages", "tools"),
+    "preference": ("input", "preferred_output", "non_preferred_output"),
+    "completion": ("prompt", "completion"),
+    "text": ("text",),
+}
 
 CAPABILITIES = Capabilities(
     display_name="Together AI",
@@ -284,13 +292,7 @@ class TogetherProvider(SDKProvider):
 
     def serialize(self, example: Any) -> dict[str, Any]:
         """The example in Together's columns for its format; tuneproxy's own ``metadata`` is dropped."""
-        keep = {
-            "chat": ("messages", "tools"),
-            "preference": ("input", "preferred_output", "non_preferred_output"),
-            "completion": ("prompt", "completion"),
-            "text": ("text",),
-        }[example.format]
-        return {key: example.record[key] for key in keep if key in example.record}
+        return kept_record(example, UPLOAD_KEYS)
 
     # ------------------------------------------------------------------ wire → contract
 

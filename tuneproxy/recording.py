@@ -530,7 +530,7 @@ def transport_for(
     """
     path = cassette_path(provider, scenario)
     if record is None:
-        record = os.environ.get(RECORD_ENV) == "1"
+        record = recording_requested()
     if record:
         return RecordingTransport(path, provider=provider, scenario=scenario,
                                   description=description or f"{provider} {scenario}, recorded")
@@ -541,13 +541,19 @@ def transport_for(
 CASSETTE_ENV = "TUNEPROXY_CASSETTE"
 
 
+def recording_requested() -> bool:
+    """Whether this run records cassettes against the real services (``TUNEPROXY_RECORD=1``): the one
+    place the record-or-replay choice is read."""
+    return os.environ.get(RECORD_ENV) == "1"
+
+
 def transport_from_env(provider: str) -> ReplayTransport | RecordingTransport | None:
     """The transport a run's environment asks for: with ``TUNEPROXY_CASSETTE=path``, replay that cassette
     (or, with ``TUNEPROXY_RECORD=1`` too, record it); otherwise None (the SDK's own network transport)."""
     path = os.environ.get(CASSETTE_ENV)
     if not path:
         return None
-    if os.environ.get(RECORD_ENV) == "1":
+    if recording_requested():
         return RecordingTransport(path, provider=provider, scenario=Path(path).stem,
                                   description=f"{provider} {Path(path).stem}, recorded through the CLI")
     return ReplayTransport(path)

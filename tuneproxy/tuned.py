@@ -30,7 +30,10 @@ class TunedModel:
         """The tuned model's name at the backend."""
         return self.record.tuned_model or ""
 
-    model = tuned_model  # the short name: ``tuned.model``
+    @property
+    def model(self) -> str:
+        """The tuned model's name at the backend (same as :attr:`tuned_model`)."""
+        return self.tuned_model
 
     @property
     def base_model(self) -> str:

@@ -7,7 +7,7 @@ each provider's ``serialize`` picks one.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,10 @@ def chat_record(example: Example, message_keys: frozenset[str] | None = None,
     return record
 
 
-def preference_record(example: Example) -> dict[str, Any]:
-    """The DPO shape: ``input``, ``preferred_output``, ``non_preferred_output`` (metadata dropped)."""
-    r = example.record
-    return {"input": r["input"], "preferred_output": r["preferred_output"],
-            "non_preferred_output": r["non_preferred_output"]}
+def kept_record(example: Example, keys: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    """The example's own top-level keys that ``keys[format]`` lists, in that order (tuneproxy's
+    ``metadata`` never travels unless listed); a format with no entry keeps nothing."""
+    return {key: example.record[key] for key in keys.get(example.format, ()) if key in example.record}
 
 
 def render_prompt(messages: list[dict[str, Any]]) -> str:

@@ -1,0 +1,1 @@
+"""The behavioural contract suite: one set of tests, run for every backend with a job lifecycle."""

@@ -1,0 +1,255 @@
+"""One :class:`ProviderCase` per backend with a job lifecycle: what the contract suite, the cassette checks
+(tests/test_cassettes.py) and the HTTP tests (tests/test_http.py) need to know about it, and nothing else.
+
+Adding a provider with a lifecycle = adding its cassettes under ``fixtures/cassettes/<name>/`` and one
+case to :data:`CASES`. ``test_every_provider_with_a_lifecycle_has_a_case`` fails until the case is there.
+
+The local backend is not a case: it trains on this machine instead of speaking HTTP to a service (no
+cassettes, no SDK), has its own tests (tests/test_local_provider.py) and is being refactored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import httpx2
+
+from tuneproxy import registry
+from tuneproxy.contract import Hyperparameters, JobSpec, Provider
+from tuneproxy.recording import Cassette, Interaction, ReplayTransport, build_response, cassette_path
+
+CONTRACT_SCENARIOS: frozenset[str] = frozenset(
+    {"happy_path", "failed_validation", "cancelled", "rate_limited", "lost_create", "unauthorized"}
+)
+"""The cassettes every backend with a lifecycle records: the contract suite replays each of them."""
+
+INTENT = "8f14e45f-ceea-467f-a0e6-7ef1c2a9b001"
+PROMPT = [{"role": "user", "content": "What is 2 plus 2?"}]
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+# Backends that are registered and have a lifecycle, but are covered elsewhere (see the module docstring).
+NOT_CASES: dict[str, str] = {"local": "trains on this machine; tests/test_local_provider.py covers it"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route a backend's cassettes use, and the SDK call that parses its response.
+
+    ``path`` and ``host`` are regular expressions matched in full against the request URL's path and
+    host (no ``host``: any). ``call`` is None for a response with no body to parse (a presigned-URL PUT).
+    """
+
+    method: str
+    path: str
+    call: Callable[[Any], Any] | None
+    host: str | None = None
+
+    def matches(self, method: str, url: str) -> bool:
+        parts = urlsplit(url)
+        return (method == self.method and re.fullmatch(self.path, parts.path) is not None
+                and (self.host is None or re.fullmatch(self.host, parts.netloc) is not None))
+
+
+@dataclass(frozen=True)
+class ProviderCase:
+    """What the shared suites need to know about one backend (see each field)."""
+
+    name: str
+    """The registry name, which is also the cassette directory."""
+    model: str
+    """The base model the cassettes train."""
+    spec: Callable[[], JobSpec]
+    """The JobSpec the cassettes were recorded with (their create request bodies follow from it)."""
+    job_id: str
+    """The job the scenarios create and read."""
+    key: str
+    """A fake API key. It matches no registered key shape, so a leak cannot hide behind redaction by shape."""
+    create: tuple[str, str]
+    """Method and URL path of the paid create request: where a lost answer is injected."""
+    failure_message: str
+    """The service's own words in ``failed_validation``, verbatim."""
+    strict_client: Callable[[Any], Any]
+    """The SDK's sync client, strict response validation on and retries off, on the given transport."""
+    routes: Callable[[], Sequence[Route]]
+    """Every route the cassettes use, with the SDK call that parses its response (tests/test_cassettes.py)."""
+    scenarios: frozenset[str] = CONTRACT_SCENARIOS
+    """The contract cassettes it declares (all of them, for a backend with a lifecycle)."""
+    extra_scenarios: frozenset[str] = frozenset()
+    """Other cassettes its directory holds, replayed by other tests (Tuner-level ``fit_*`` runs)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Non-default options every provider in the suite is built with; none of them changes a request."""
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def cls(self) -> type[Provider]:
+        return registry.provider_class(self.name)
+
+    @property
+    def env_var(self) -> str:
+        credentials = self.cls.CAPABILITIES.credentials
+        assert credentials is not None, f"{self.name} needs a key: its Capabilities must name the variable"
+        return credentials.env_var
+
+    def provider(self, transport: Any, *, waits: list[float] | None = None, key: str | None = None,
+                 **options: Any) -> Provider:
+        """The provider on ``transport`` with the case's options (and ``options``); every sleep it asks
+        for is appended to ``waits`` — or, without ``waits``, fails the test."""
+        return self.cls({**self.options, **options}, api_key=key or self.key, transport=transport,
+                        sleep=waits.append if waits is not None else never_sleep)
+
+    def cassette(self, scenario: str) -> Cassette:
+        assert scenario in self.scenarios | self.extra_scenarios, f"{self.name} declares no {scenario} cassette"
+        return Cassette.load(cassette_path(self.name, scenario))
+
+    def replay(self, scenario: str) -> ReplayTransport:
+        return ReplayTransport(self.cassette(scenario), name=f"{self.name}/{scenario}")
+
+    def scripted(self, interactions: Sequence[Interaction]) -> ReplayTransport:
+        """A replay of these interactions, in this order."""
+        return ReplayTransport(Cassette(provider=self.name, scenario="scripted", description="built by a test",
+                                        source="authored from API reference", interactions=list(interactions)))
+
+    def route(self, interaction: Interaction) -> Route:
+        request = interaction.request
+        for route in self.routes():
+            if route.matches(request.method, request.url):
+                return route
+        raise AssertionError(f"No route of the {self.name} case for {request.method} {request.url}: add it "
+                             "to its routes in tests/contract/cases.py")
+
+
+def never_sleep(seconds: float) -> None:
+    raise AssertionError(f"a test tried to sleep {seconds}s")
+
+
+class AnswerTransport(httpx.BaseTransport, httpx2.BaseTransport):
+    """Answers every request, of either HTTP library, with one recorded response."""
+
+    def __init__(self, interaction: Interaction) -> None:
+        self.interaction = interaction
+
+    def handle_request(self, request: Any) -> Any:
+        request.read()
+        return build_response(request, self.interaction.response)
+
+
+def training_file(tmp_path: Path, examples: int = 10) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}?"},
+                                 {"role": "assistant", "content": str(2 * i)}]}) + "\n"
+        for i in range(examples)))
+    return path
+
+
+# --------------------------------------------------------------------------- OpenAI
+
+
+def _openai_client(transport: Any) -> Any:
+    import openai
+
+    return openai.OpenAI(api_key="sk-test", base_url="https://api.openai.com/v1", max_retries=0,
+                         http_client=httpx2.Client(transport=transport), _strict_response_validation=True)
+
+
+def _openai_routes() -> list[Route]:
+    return [
+        Route("POST", r"/v1/files", lambda c: c.files.create(file=("t.jsonl", b"{}\n"), purpose="fine-tune")),
+        Route("POST", r"/v1/fine_tuning/jobs", lambda c: c.fine_tuning.jobs.create(model="m", training_file="f")),
+        Route("GET", r"/v1/fine_tuning/jobs", lambda c: c.fine_tuning.jobs.list()),
+        Route("GET", r"/v1/fine_tuning/jobs/[^/]+", lambda c: c.fine_tuning.jobs.retrieve("j")),
+        Route("GET", r"/v1/fine_tuning/jobs/[^/]+/events", lambda c: c.fine_tuning.jobs.list_events("j")),
+        Route("POST", r"/v1/fine_tuning/jobs/[^/]+/cancel", lambda c: c.fine_tuning.jobs.cancel("j")),
+        Route("POST", r"/v1/chat/completions", lambda c: c.chat.completions.create(model="m", messages=MESSAGES)),
+    ]
+
+
+OPENAI = ProviderCase(
+    name="openai",
+    model="gpt-4o-mini-2024-07-18",
+    spec=lambda: JobSpec(
+        model="gpt-4o-mini-2024-07-18", training_file="file-3Kx9TmQvR2wLpZ8nB6yHdE", intent_id=INTENT,
+        hyperparameters=Hyperparameters(epochs=3, batch_size=4, learning_rate_multiplier=1.8,
+                                        suffix="support-bot", seed=42),
+    ),
+    job_id="ftjob-7WjkL3bq2eXc9RzYt0pNa4Us",
+    key="fake-openai-key-0123456789",
+    create=("POST", "/v1/fine_tuning/jobs"),
+    failure_message=("The job failed due to an invalid training file. Invalid file format. Line 3, key "
+                     "\"messages\": Assistant message at index 2 has an unrecognized key 'speaker'."),
+    strict_client=_openai_client,
+    routes=_openai_routes,
+    extra_scenarios=frozenset({"fit_happy_path", "fit_failed", "fit_lost_create"}),
+    options={"timeout": 30.0, "project": "proj_contract"},
+)
+
+
+# --------------------------------------------------------------------------- Together AI
+
+
+def _together_client(transport: Any) -> Any:
+    import together
+
+    return together.Together(api_key="tgp-test", base_url="https://api.together.ai", max_retries=0,
+                             http_client=httpx.Client(transport=transport), _strict_response_validation=True)
+
+
+def _together_routes() -> list[Route]:
+    from together.lib.resources.files import UploadManager
+    from together.lib.types.fine_tuning import FinetuneResponse as CreateResponse
+
+    return [
+        # The 302 has no body: the SDK must accept its Location and X-Together-File-Id headers.
+        Route("POST", r"/v1/files", lambda c: UploadManager(c).get_upload_url(
+            "/v1/files", Path("train.jsonl"), "0" * 64, "fine-tune", "jsonl")),
+        # The presigned-URL PUT: the storage host answers 200 with no body.
+        Route("PUT", r"/[^/]+", None, host=r"together-fine-tuning-uploads\.s3\.[a-z0-9-]+\.amazonaws\.com"),
+        Route("POST", r"/v1/files/[^/]+/preprocess", lambda c: UploadManager(c).callback("/v1/files/f/preprocess")),
+        Route("GET", r"/v1/fine-tunes/models/limits", lambda c: c.fine_tuning.model_limits(model_name="m")),
+        Route("POST", r"/v1/fine-tunes/estimate-price", lambda c: c.fine_tuning.estimate_price(training_file="f")),
+        # fine_tuning.create() ends in exactly this call (after limits and estimate).
+        Route("POST", r"/v1/fine-tunes", lambda c: c.post("/v1/fine-tunes", body={}, cast_to=CreateResponse)),
+        Route("GET", r"/v1/fine-tunes", lambda c: c.fine_tuning.list()),
+        Route("GET", r"/v1/fine-tunes/[^/]+", lambda c: c.fine_tuning.retrieve("j")),
+        Route("GET", r"/v1/fine-tunes/[^/]+/events", lambda c: c.fine_tuning.list_events("j")),
+        Route("GET", r"/v1/fine-tunes/[^/]+/metrics", lambda c: c.fine_tuning.list_metrics("j")),
+        Route("POST", r"/v1/fine-tunes/[^/]+/cancel", lambda c: c.fine_tuning.cancel("j")),
+        Route("POST", r"/v1/chat/completions", lambda c: c.chat.completions.create(model="m", messages=MESSAGES)),
+    ]
+
+
+TOGETHER = ProviderCase(
+    name="together",
+    model="meta-llama/Meta-Llama-3.1-8B-Instruct-Reference",
+    spec=lambda: JobSpec(
+        model="meta-llama/Meta-Llama-3.1-8B-Instruct-Reference",
+        training_file="file-6f0b7c2d-1e3a-4b5c-8d9e-0a1b2c3d4e5f", intent_id=INTENT,
+        hyperparameters=Hyperparameters(epochs=3, learning_rate=0.0002, batch_size=16, lora_rank=16,
+                                        lora_alpha=32, lora_dropout=0.05, seed=42, suffix="support-bot"),
+    ),
+    job_id="ft-3c1f9a2e-7b4d-4e8a-9f01-5d6c7b8a9e0f",
+    key="fake-together-key-0123456789",
+    create=("POST", "/v1/fine-tunes"),
+    failure_message=(
+        "Error while validating the training file: line 4 has an invalid format: After the optional system "
+        "message, conversation roles must alternate between user/assistant/user/assistant/user... Found two "
+        "consecutive 'user' messages."),
+    strict_client=_together_client,
+    routes=_together_routes,
+    extra_scenarios=frozenset({"fit_happy_path", "fit_failed", "fit_lost_create", "fit_cancelled"}),
+    # n_evals only reaches the wire with a validation file, which the contract scenarios do not send
+    options={"timeout": 30.0, "n_evals": 2},
+)
+
+
+CASES: tuple[ProviderCase, ...] = (OPENAI, TOGETHER)
+BY_NAME: dict[str, ProviderCase] = {case.name: case for case in CASES}
