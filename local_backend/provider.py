@@ -350,13 +350,11 @@ class LocalProvider(Provider):
             raw = "cancel_requested"
         status = self.status(raw)
         billable: list[Quantity] = []
-        if status.terminal:
+        if status.terminal:  # the only thing a local run bills is time (tokens are shown, not billed)
             billable.append(Quantity(kind="gpu_hours", amount=state.get("billable_seconds", 0.0) / 3600,
                                      hardware=state.get("device")))
-            if state.get("trained_tokens") is not None:
-                billable.append(Quantity(kind="training_tokens", amount=state["trained_tokens"]))
-        detail = {key: state.get(key) for key in
-                  ("step", "total_steps", "epoch", "train_loss", "valid_loss", "tokens_per_s", "eta_s")}
+        detail = {key: state.get(key) for key in ("step", "total_steps", "epoch", "train_loss", "valid_loss",
+                                                   "tokens_per_s", "eta_s", "trained_tokens")}
         detail.update(job_dir=str(files.root), memory_estimate=job.get("memory_estimate"))
         if status == JobStatus.SUCCEEDED:
             detail.update(adapter=str(files.path(ADAPTER_DIR)), summary=files.summary())
@@ -428,11 +426,11 @@ class LocalProvider(Provider):
         )]
 
     def estimate(self, stats: Stats, spec: JobSpec) -> CostEstimate:
-        """The training tokens and a guess of the wall-clock hours (from model size and device); the core
-        prices the hours with :meth:`prices`."""
+        """A guess of the wall-clock hours (from the tokens, model size and device) — what a local run
+        bills; the core prices them with :meth:`prices`. Unknown model size: no quantity, no figure."""
         epochs = spec.hyperparameters.epochs or TrainSettings.model_fields["epochs"].default
         tokens = stats.billable_tokens(epochs)
-        quantities = [Quantity(kind="training_tokens", amount=tokens)]
+        quantities: list[Quantity] = []
         device = self.options.device
         on_gpu = device == "cuda" or (device == "auto" and Path("/dev/nvidia0").exists())
         params = guess_parameters(spec.model)
@@ -441,7 +439,7 @@ class LocalProvider(Provider):
             return CostEstimate(
                 provider=self.name, model=spec.model, quantities=quantities, usd=None, authoritative=False,
                 basis=(f"local training on {where}: {tokens:,} tokens ({epochs} epoch(s)); the time cannot be "
-                       "guessed because the model's size is unknown."),
+                       "guessed because the model's size is unknown"),
             )
         flops = GPU_TRAINING_FLOPS if on_gpu else CPU_TRAINING_FLOPS
         hours = tokens * 6 * params / flops / 3600
@@ -453,7 +451,7 @@ class LocalProvider(Provider):
             basis=(f"local training on {where}: {tokens:,} tokens ({epochs} epoch(s)) × 6 FLOP per parameter "
                    f"per token × {params:,} parameters ÷ {flops:.0e} FLOP/s (a typical effective rate on "
                    f"{where}) ≈ {hours * 60:.1f} min, good to about ×{TIME_SPREAD:g} either way; the hours "
-                   "are priced at the option price_per_gpu_hour (default 0)."),
+                   "are priced at the option price_per_gpu_hour (default 0)"),
         )
 
     def endpoint(self, model: str) -> Endpoint:

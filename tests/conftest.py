@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 
+from tuneproxy import registry
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
+
+# Besides the keys: variables that would send a test to another host, or make it record or replay
+# something other than what it asked for.
+REDIRECTING_VARIABLES = ("OPENAI_BASE_URL", "TOGETHER_BASE_URL", "TUNEPROXY_RECORD", "TUNEPROXY_CASSETTE",
+                         "TUNEPROXY_CASSETTES")
+
+
+@functools.cache
+def key_variables() -> tuple[str, ...]:
+    """The variable holding each registered provider's key, as the provider declares it (loading a provider
+    also registers its key's variable and shape for redaction)."""
+    variables = set()
+    for name in registry.names():
+        credentials = registry.provider_class(name).CAPABILITIES.credentials
+        if credentials is not None:
+            variables.add(credentials.env_var)
+    return tuple(sorted(variables))
 
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("tuneproxy-home")
     monkeypatch.setenv("TUNEPROXY_HOME", str(home))
-    for var in ("OPENAI_API_KEY", "TOGETHER_API_KEY", "FIREWORKS_API_KEY", "REPLICATE_API_TOKEN",
-                "OPENAI_BASE_URL", "TOGETHER_BASE_URL", "TUNEPROXY_RECORD"):
+    for var in (*key_variables(), *REDIRECTING_VARIABLES):
         monkeypatch.delenv(var, raising=False)
     return home

@@ -139,3 +139,47 @@ def test_a_broken_holdout_fails_validation_too(capsys):
     data = json.loads(out)
     assert code == 1 and data["ok"] is True and data["holdout"]["ok"] is False
     assert data["holdout"]["counts"] == {"TP004": 1}
+
+
+def test_without_the_local_extra_fit_says_how_to_install_it_and_providers_marks_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if `pip install tuneproxy` without [local]
+    code, out, _ = run(capsys, "providers", "--json")
+    local = {r["name"]: r for r in json.loads(out)}["local"]
+    assert code == 0 and local["available"] is False and "pip install 'tuneproxy[local]'" in local["reason"]
+    code, _, err = run(capsys, "fit", SAMPLE, "-p", "local", "-m", "smollm2-135m-instruct")
+    assert code == 2 and "pip install 'tuneproxy[local]'" in err and "internal error" not in err
+
+
+def test_a_misspelt_backend_option_names_the_nearest_valid_one(capsys):
+    code, _, err = run(capsys, "estimate", SAMPLE, "-p", "together", "-m",
+                       "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", "-o", "n_eval=2")
+    assert code == 2 and "'n_eval' (did you mean 'n_evals'?)" in err
+
+
+def test_a_backend_option_of_the_wrong_type_is_a_usage_error(capsys):
+    code, _, err = run(capsys, "estimate", SAMPLE, "-p", "together", "-m",
+                       "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", "-o", "n_evals=many")
+    assert code == 2 and "n_evals" in err and "Traceback" not in err
+
+
+def test_estimate_takes_every_hyperparameter_flag_that_fit_takes(capsys):
+    from tuneproxy.contract import Hyperparameters
+
+    for command in ("estimate", "fit"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0
+        for name in Hyperparameters.model_fields:
+            assert f"--{name.replace('_', '-')}" in out, (command, name)
+
+
+def test_help_shows_flags_without_a_type(capsys):
+    code, out, _ = run(capsys, "jobs", "show", "--help")
+    assert code == 0 and "--json" in out and "<bool>" not in out and "BOOLEAN" not in out
+
+
+def test_a_replayed_command_the_cassette_does_not_hold_is_a_mismatch_not_a_network_error(capsys, monkeypatch):
+    monkeypatch.setenv("TUNEPROXY_CASSETTE", str(FIXTURES / "cassettes" / "together" / "fit_happy_path.json"))
+    code, _, err = run(capsys, "fit", SAMPLE, "-p", "together", "-m",
+                       "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", "--epochs", "1", "--poll-interval", "0")
+    assert code == 3 and "does not match the cassette" in err
+    assert "Check the network" not in err and "did not confirm the job" not in err

@@ -56,11 +56,12 @@ def test_replicate_keeps_text_examples_as_text(tmp_path):
 
 
 def test_every_converted_sample_file_validates_for_its_provider(tmp_path):
-    for name in ("openai", "together", "fireworks", "replicate"):
-        cls = registry.provider_class(name)
+    for name in registry.names():
+        provider = registry.provider_class(name)(api_key="x")
         path = tmp_path / f"{name}.jsonl"
-        write_jsonl(load_examples(SAMPLE), path, cls(api_key="x").serialize)
-        report = validate(path, rules=cls.capabilities.rules, service=cls.capabilities.display_name)
+        write_jsonl(load_examples(SAMPLE), path, provider.serialize)
+        caps = provider.capabilities
+        report = validate(path, rules=caps.rules, service=caps.display_name)
         assert report.ok, (name, report.counts)
 
 

@@ -364,3 +364,16 @@ def test_every_timestamp_the_ledger_writes_comes_from_its_clock():
     assert [c.recorded_at for c in ledger.costs()] == [clock.now]
     assert ledger.db.execute("SELECT updated_at FROM jobs").fetchone()[0] == stamp
     assert tuple(ledger.db.execute("SELECT created_at, updated_at FROM deployments").fetchone()) == (stamp, stamp)
+
+
+def test_spend_counts_a_job_billed_twice_by_racing_schema_1_clients_once(tmp_path):
+    path = tmp_path / "state.db"
+    _schema_1_database(path)
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO costs (id, recorded_at, provider, intent_id, job_id, kind, usd, tokens, basis) VALUES "
+               "(6, '2026-10-01T01:00:08+00:00', 'openai', 'i1', 'ftjob-abc', 'billed', 0.36, 120000, 'billed')")
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    assert len([c for c in ledger.costs(job_id="ftjob-abc") if c.kind == "billed"]) == 2  # both rows kept
+    assert ledger.spend() == {"openai": 0.36}

@@ -27,6 +27,7 @@ def test_wheel_maps_backends_under_the_tuneproxy_package(wheel):
     assert "tuneproxy/providers/together.py" in names
     assert "tuneproxy/local_backend/provider.py" in names
     assert "tuneproxy/dataset/validate.py" in names
+    assert "tuneproxy/data/prices.toml" in names  # the price catalogue ships as package data
     assert not [n for n in names if n.startswith(("providers/", "local_backend/", "tests/"))]
 
 
@@ -35,6 +36,7 @@ def test_installed_wheel_imports_its_backends_from_itself(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
     code = ("import tuneproxy, tuneproxy.providers.openai, tuneproxy.local_backend.provider as lp; "
+            "from tuneproxy.prices import load_catalogue; assert len(load_catalogue()) > 0; "
             "print(tuneproxy.__file__); print(lp.__file__)")
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,

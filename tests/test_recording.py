@@ -14,7 +14,8 @@ import httpx2
 import pydantic
 import pytest
 
-from tuneproxy.errors import redact
+from tuneproxy import registry
+from tuneproxy.errors import KEY_VARIABLES, redact
 from tuneproxy.recording import (
     Cassette,
     CassetteMismatch,
@@ -29,6 +30,14 @@ from tuneproxy.recording import (
 )
 
 FAKE_KEY = "sk-test-abcdefgh12345678"
+
+
+@pytest.fixture
+def key_shapes_registered() -> None:
+    """Redaction knows a key's variable and shape once the registry has loaded its provider (the CLI and
+    the Tuner load theirs through the registry); these tests rely on OpenAI's and Together's."""
+    for name in ("openai", "together"):
+        registry.provider_class(name)
 
 
 def json_interaction(
@@ -212,6 +221,7 @@ def test_recording_over_a_real_socket_with_an_async_httpx2_client(server: str, t
     assert httpx2.Client(transport=replay).post(f"{server}/v1/echo", json={"n": 2}).status_code == 201
 
 
+@pytest.mark.usefixtures("key_shapes_registered")
 def test_recorded_cassettes_hold_no_secret(server: str, tmp_path: Path) -> None:
     path = tmp_path / "demo" / "secret.json"
     recorder = RecordingTransport(
@@ -273,16 +283,29 @@ def test_transport_for_replays_by_default_and_records_when_asked(
     assert isinstance(recorder, RecordingTransport) and recorder.path == tmp_path / "demo" / "s.json"
 
 
+@pytest.mark.usefixtures("key_shapes_registered")
 def test_redact_hides_together_and_openai_shaped_keys() -> None:
     assert redact("key tgp_v2_abcdefgh12 and sk-proj-abcdefgh12") == "key REDACTED and REDACTED"
 
 
-def test_presigned_url_signatures_and_the_environments_keys_are_redacted(monkeypatch):
-    from tuneproxy.errors import redact
-
+@pytest.mark.usefixtures("key_shapes_registered")
+def test_presigned_url_signatures_and_the_environments_keys_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOGETHER_API_KEY", "0123456789abcdef" * 4)
     url = ("https://bucket.s3.amazonaws.com/f?X-Amz-Credential=AKIAXX%2F2026&X-Amz-Signature=abc123"
            "&X-Amz-Security-Token=zzz&part=1")
     assert redact(url) == ("https://bucket.s3.amazonaws.com/f?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED"
                            "&X-Amz-Security-Token=REDACTED&part=1")
     assert "0123456789abcdef" not in redact("invalid key " + "0123456789abcdef" * 4)
+
+
+def test_loading_a_provider_makes_redaction_hide_the_value_of_its_key_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "plain0123456789secret"  # no known shape: only the variable's value gives it away
+    for name in registry.names():
+        credentials = registry.provider_class(name).CAPABILITIES.credentials
+        if credentials is not None:
+            monkeypatch.setenv(credentials.env_var, secret)
+            assert credentials.env_var in KEY_VARIABLES
+            assert redact(f"echo {secret}!") == "echo REDACTED!", name
+            monkeypatch.delenv(credentials.env_var)

@@ -33,7 +33,7 @@ def _pricing(provider: Provider, model: str, quantities: list[Quantity]) -> Pric
 def price_estimate(provider: Provider, estimate: CostEstimate, stats: Stats | None = None) -> CostEstimate:
     """The estimate with dollars: the service's own figure as it is, else its quantities priced (the
     range widened by the token count's error bound when the count is not exact)."""
-    if estimate.authoritative:
+    if estimate.authoritative or not estimate.quantities:  # nothing to price: the figure stays unknown
         return estimate
     quantities = _widened(list(estimate.quantities), stats)
     pricing = _pricing(provider, estimate.model, quantities)

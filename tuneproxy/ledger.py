@@ -536,9 +536,11 @@ class Ledger:
         return [CostRow(**dict(r)) for r in rows]
 
     def spend(self) -> dict[str, float]:
-        """Billed dollars per provider, all time."""
-        rows = self.db.execute("SELECT provider, SUM(usd) AS usd FROM costs WHERE kind = 'billed' "
-                               "GROUP BY provider").fetchall()
+        """Billed dollars per provider, all time: each job's latest bill once (a schema-1 ledger may hold
+        two billed rows of one job, written by racing clients; both are kept, one is counted)."""
+        rows = self.db.execute(
+            "SELECT provider, SUM(usd) AS usd FROM costs WHERE id IN (SELECT MAX(id) FROM costs WHERE "
+            "kind = 'billed' GROUP BY provider, job_id) GROUP BY provider").fetchall()
         return {r["provider"]: r["usd"] or 0.0 for r in rows}
 
 

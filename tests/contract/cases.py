@@ -22,7 +22,17 @@ import httpx
 import httpx2
 
 from tuneproxy import registry
-from tuneproxy.contract import Hyperparameters, JobSpec, Provider
+from tuneproxy.contract import (
+    Completion,
+    CostEstimate,
+    Hyperparameters,
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    Provider,
+    Stats,
+    UploadedFile,
+)
 from tuneproxy.recording import Cassette, Interaction, ReplayTransport, build_response, cassette_path
 
 CONTRACT_SCENARIOS: frozenset[str] = frozenset(
@@ -149,6 +159,57 @@ def training_file(tmp_path: Path, examples: int = 10) -> Path:
                                  {"role": "assistant", "content": str(2 * i)}]}) + "\n"
         for i in range(examples)))
     return path
+
+
+# --------------------------------------------------------------------------- the happy path
+
+
+@dataclass
+class HappyRun:
+    """One happy path, as far as the contract goes: upload, estimate, submit, refresh until terminal (reading
+    the events in between), one chat completion with the tuned model. ``slices``: the interactions each
+    call used, by call."""
+
+    provider: Provider
+    transport: ReplayTransport
+    upload: UploadedFile
+    estimate: CostEstimate
+    submitted: JobRecord
+    records: list[JobRecord] = field(default_factory=list)
+    events: list[JobEvent] = field(default_factory=list)
+    completion: Completion | None = None
+    slices: dict[str, list[list[Interaction]]] = field(default_factory=dict)
+
+
+def run_happy_path(case: ProviderCase, tmp_path: Path) -> HappyRun:
+    transport = case.replay("happy_path")
+    p = case.provider(transport, strict_responses=True)
+    slices: dict[str, list[list[Interaction]]] = {}
+
+    def call(label: str, fn: Any) -> Any:
+        start = transport.position
+        result = fn()
+        slices.setdefault(label, []).append(transport.cassette.interactions[start:transport.position])
+        return result
+
+    upload = call("upload", lambda: p.upload(training_file(tmp_path)))
+    spec = case.spec().model_copy(update={"training_file": upload.id})
+    estimate = call("estimate", lambda: p.estimate(Stats(examples=10, total_tokens=1000), spec))
+    run = HappyRun(p, transport, upload, estimate, call("submit", lambda: p.submit(spec)), slices=slices)
+    after = None
+    for _ in range(20):
+        record = call("refresh", lambda: p.refresh(run.submitted.job_id))
+        run.records.append(record)
+        if record.status.terminal:
+            break
+        new = call("events", lambda after=after: p.events(run.submitted.job_id, after))
+        run.events += new
+        after = new[-1].id if new else after
+    done = run.records[-1]
+    run.completion = call("complete", lambda: p.endpoint(done.tuned_model or "").complete(PROMPT))
+    transport.assert_all_played()
+    return run
+
 
 
 # --------------------------------------------------------------------------- OpenAI

@@ -9,25 +9,14 @@ own tests (tests/test_local_provider.py) and is being refactored (see tests/cont
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.contract.cases import CASES, NOT_CASES, PROMPT, ProviderCase, training_file
+from tests.contract.cases import CASES, NOT_CASES, PROMPT, HappyRun, ProviderCase, run_happy_path, training_file
 from tuneproxy import registry
-from tuneproxy.contract import (
-    Completion,
-    CostEstimate,
-    JobEvent,
-    JobRecord,
-    JobStatus,
-    Provider,
-    Stats,
-    UploadedFile,
-)
+from tuneproxy.contract import Completion, JobStatus
 from tuneproxy.costs import bill_for
 from tuneproxy.errors import (
     AuthenticationFailed,
@@ -77,53 +66,6 @@ def test_the_case_options_are_valid_and_not_the_defaults(case: ProviderCase) -> 
 
 
 # --------------------------------------------------------------------------- the happy path
-
-
-@dataclass
-class HappyRun:
-    """One happy path, as far as the contract goes: upload, estimate, submit, refresh until terminal (reading
-    the events in between), one chat completion with the tuned model. ``slices``: the interactions each
-    call used, by call."""
-
-    provider: Provider
-    transport: ReplayTransport
-    upload: UploadedFile
-    estimate: CostEstimate
-    submitted: JobRecord
-    records: list[JobRecord] = field(default_factory=list)
-    events: list[JobEvent] = field(default_factory=list)
-    completion: Completion | None = None
-    slices: dict[str, list[list[Interaction]]] = field(default_factory=dict)
-
-
-def run_happy_path(case: ProviderCase, tmp_path: Path) -> HappyRun:
-    transport = case.replay("happy_path")
-    p = case.provider(transport, strict_responses=True)
-    slices: dict[str, list[list[Interaction]]] = {}
-
-    def call(label: str, fn: Any) -> Any:
-        start = transport.position
-        result = fn()
-        slices.setdefault(label, []).append(transport.cassette.interactions[start:transport.position])
-        return result
-
-    upload = call("upload", lambda: p.upload(training_file(tmp_path)))
-    spec = case.spec().model_copy(update={"training_file": upload.id})
-    estimate = call("estimate", lambda: p.estimate(Stats(examples=10, total_tokens=1000), spec))
-    run = HappyRun(p, transport, upload, estimate, call("submit", lambda: p.submit(spec)), slices=slices)
-    after = None
-    for _ in range(20):
-        record = call("refresh", lambda: p.refresh(run.submitted.job_id))
-        run.records.append(record)
-        if record.status.terminal:
-            break
-        new = call("events", lambda after=after: p.events(run.submitted.job_id, after))
-        run.events += new
-        after = new[-1].id if new else after
-    done = run.records[-1]
-    run.completion = call("complete", lambda: p.endpoint(done.tuned_model or "").complete(PROMPT))
-    transport.assert_all_played()
-    return run
 
 
 @pytest.fixture
