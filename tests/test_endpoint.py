@@ -54,7 +54,8 @@ def replay(*exchanges: tuple[dict[str, Any], dict[str, Any]]) -> ReplayTransport
 
 
 def endpoint(transport: ReplayTransport, waits: list[float] | None = None):
-    ep = OpenAIProvider({"strict_responses": True}, api_key="sk-test-endpoint-0000", transport=transport).endpoint(MODEL)
+    provider = OpenAIProvider({"strict_responses": True}, api_key="sk-test-endpoint-0000", transport=transport)
+    ep = provider.endpoint(MODEL)
 
     async def sleep(seconds: float) -> None:
         if waits is None:
