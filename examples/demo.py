@@ -22,6 +22,7 @@ from rich.table import Table  # noqa: E402
 
 from tuneproxy import Tuner, registry, validate  # noqa: E402
 from tuneproxy.render import show_report  # noqa: E402
+from tuneproxy.tuner import SunsetWarning  # noqa: E402
 
 SAMPLE = ROOT / "fixtures" / "datasets" / "sample.jsonl"
 MODELS = {
@@ -34,9 +35,9 @@ MODELS = {
 
 def validate_everywhere(console: Console) -> None:
     for name, model in MODELS.items():
-        caps = registry.provider_class(name).capabilities
+        caps = registry.create(name, require_key=False).capabilities
         console.rule(f"{caps.display_name}: {model}")
-        report = validate(SAMPLE, rules=caps.rules, service=caps.display_name, model=model)
+        report = validate(SAMPLE, rules=caps.rules, service=caps.display_name, model=model, tokenizer=caps.tokenizer)
         show_report(console, report, epochs=3)
 
 
@@ -46,10 +47,12 @@ def estimates(console: Console) -> None:
         table.add_column(col, overflow="fold")
     for name in ("openai", "together", "fireworks"):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", SunsetWarning)  # the sunset is in the table's basis column
             tuner = Tuner(name, MODELS[name], epochs=3, show_progress=False)
             estimate = tuner.estimate(SAMPLE)
         usd = "unknown" if estimate.usd is None else f"{estimate.usd:.4f}"
+        if estimate.usd_low is not None and estimate.usd_high is not None and estimate.usd_low != estimate.usd_high:
+            usd += f" ({estimate.usd_low:.4f}–{estimate.usd_high:.4f})"
         table.add_row(name, MODELS[name], usd, estimate.basis)
     console.print(table)
 

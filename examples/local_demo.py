@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tuneproxy import Tuner
+from tuneproxy import Completion, Tuner
 from tuneproxy.dataset import load_examples
 from tuneproxy.dataset.split import split_holdout
 from tuneproxy.errors import TuneproxyError
@@ -68,6 +68,11 @@ def score(answers: list[str], holdout: list[dict]) -> dict[str, float]:
     }
 
 
+def answer_text(outcome: Completion | TuneproxyError) -> str:
+    """A reply's text, or what went wrong with that one item (the others still count)."""
+    return outcome.text if isinstance(outcome, Completion) else f"(no answer: {outcome})"
+
+
 def main() -> int:
     args = parse_args()
     warnings.showwarning = lambda message, *_: print(f"warning: {message}")
@@ -84,8 +89,8 @@ def main() -> int:
         tuned = tuner.fit(train, holdout=holdout)
         trained_at = time.perf_counter()
         prompts = [r["messages"][:-1] for r in holdout]
-        base = [c.text for c in tuned.base_endpoint.complete_many(prompts, max_tokens=40)]
-        tuned_answers = [c.text for c in tuned.endpoint.complete_many(prompts, max_tokens=40)]
+        base = [answer_text(c) for c in tuned.base_endpoint.complete_many(prompts, max_tokens=40)]
+        tuned_answers = [answer_text(c) for c in tuned.endpoint.complete_many(prompts, max_tokens=40)]
     except TuneproxyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -105,7 +110,8 @@ def main() -> int:
           f"({summary['tokens_per_s']:.0f} tokens/s), peak {summary['peak_memory_bytes'] / 2**30:.2f} GiB "
           f"({summary['peak_memory_kind']}); adapter in {record.detail['adapter']}")
     print(f"total: {time.perf_counter() - started:.0f}s (job {trained_at - started:.0f}s, "
-          f"comparison {time.perf_counter() - trained_at:.0f}s); cost ${record.billed_usd:.2f}")
+          f"comparison {time.perf_counter() - trained_at:.0f}s); cost ${tuned.costs[-1].usd or 0:.2f} "
+          "(local runs are priced at the option price_per_gpu_hour, default 0)")
     return 0
 
 

@@ -183,3 +183,16 @@ def test_a_replayed_command_the_cassette_does_not_hold_is_a_mismatch_not_a_netwo
                        "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", "--epochs", "1", "--poll-interval", "0")
     assert code == 3 and "does not match the cassette" in err
     assert "Check the network" not in err and "did not confirm the job" not in err
+
+
+@pytest.mark.parametrize(("model", "band_usd_per_million"), [
+    ("accounts/fireworks/models/deepseek-v3-671b", 10.0),  # not the ≤16B band because "1b" is in "671b"
+    ("accounts/fireworks/models/gemma2-27b-it", 3.0),      # not the ≤16B band because "7b" is in "27b"
+    ("accounts/fireworks/models/llama-v3p1-8b-instruct", 0.5),
+])
+def test_fireworks_estimates_use_the_size_band_of_the_whole_parameter_count(capsys, model, band_usd_per_million):
+    code, out, _ = run(capsys, "estimate", SAMPLE, "-p", "fireworks", "-m", model, "--epochs", "1", "--json")
+    data = json.loads(out)
+    assert code == 0
+    assert data["usd"] == pytest.approx(data["billable_tokens"] * band_usd_per_million / 1e6)
+    assert data["price_source"].startswith("http")

@@ -108,7 +108,6 @@ def refusal(message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
 
 
-
 # ---------------------------------------------------------------------------------------------- deploy
 
 
@@ -344,3 +343,31 @@ def test_cli_creates_lists_and_deletes_a_deployment_and_the_ledger_follows(
     assert code == 0 and json.loads(out) == []
     assert isinstance(replay, ReplayTransport)
     replay.assert_all_played()
+
+
+def test_cli_delete_of_a_deployment_the_service_no_longer_has_marks_it_stopped(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from tuneproxy import cli
+    from tuneproxy.contract import Deployment
+    from tuneproxy.ledger import Ledger
+    from tuneproxy.recording import Cassette, Interaction
+
+    path = "/v2/projects/proj_4Qx8Lm2Vb7Nc/endpoints/ep_6Rt1Yu8Io3Pa/deployments/dep_2Ws5Ed8Rf1Tg"
+    gone = Cassette(provider="together", scenario="deployment_gone", source="authored from API reference",
+                    description="the deployment was deleted elsewhere", interactions=[Interaction.model_validate({
+                        "request": {"method": "GET", "url": f"https://api.together.ai{path}",
+                                    "headers": {"authorization": "Bearer REDACTED", "accept": "application/json"}},
+                        "response": {"status": 404, "headers": {"content-type": "application/json"},
+                                     "body": {"json": {"error": {"message": "deployment not found",
+                                                                 "type": "not_found"}}}}})])
+    cassette = tmp_path / "gone.json"
+    gone.save(cassette)
+    Ledger().save_deployment(Deployment(
+        provider="together", deployment_id=path.removeprefix("/v2/"), model="m", state="ready", raw_state="READY"))
+    monkeypatch.setenv("TUNEPROXY_CASSETTE", str(cassette))
+    monkeypatch.setattr(sys, "argv", ["tuneproxy", "deployments", "delete", path.removeprefix("/v2/")])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0, err
+    assert "no longer bills" in out and Ledger().deployments(active_only=True) == []

@@ -405,7 +405,8 @@ def deployments_list(all_: Annotated[bool, typer.Option("--all", help="Include d
 
 
 def _deployment_provider(deployment_id: str) -> tuple[Any, Any, Any]:
-    """(ledger, deployment, the provider that serves it — built from the job's stored options)."""
+    """(ledger, deployment, the provider that serves it). The provider is built with its default options
+    and the environment's key: a deployment id carries what the service needs to find it."""
     from tuneproxy import registry
     from tuneproxy.contract import Deployable
     from tuneproxy.ledger import Ledger
@@ -424,8 +425,7 @@ def deployments_show(deployment_id: str, as_json: JsonOpt = False) -> None:
     from tuneproxy.render import deployment_table
 
     ledger, deployment, provider = _deployment_provider(deployment_id)
-    current = provider.deployment(deployment.deployment_id)
-    ledger.save_deployment(current)
+    current = _current(ledger, deployment, lambda: provider.deployment(deployment.deployment_id))
     if as_json:
         _print_json(current.model_dump(mode="json"))
     else:
@@ -436,13 +436,28 @@ def deployments_show(deployment_id: str, as_json: JsonOpt = False) -> None:
 def deployments_delete(deployment_id: str, as_json: JsonOpt = False) -> None:
     """Stop and delete a deployment, so it stops billing."""
     ledger, deployment, provider = _deployment_provider(deployment_id)
-    stopped = provider.undeploy(deployment.deployment_id)
-    ledger.save_deployment(stopped)
+    stopped = _current(ledger, deployment, lambda: provider.undeploy(deployment.deployment_id))
     if as_json:
         _print_json(stopped.model_dump(mode="json"))
+    elif stopped.state == "stopped":
+        console.print(f"Deleted deployment {stopped.deployment_id}; it no longer bills.", highlight=False)
     else:
-        console.print(f"Deleted deployment {stopped.deployment_id} ({stopped.state}); it no longer bills.",
+        console.print(f"Deployment {stopped.deployment_id} is {stopped.state} ({stopped.raw_state}), not gone yet: "
+                      f"run `tuneproxy deployments delete {stopped.deployment_id}` again in a minute.",
                       highlight=False)
+        raise typer.Exit(3)
+
+
+def _current(ledger: Any, deployment: Any, ask: Callable[[], Any]) -> Any:
+    """What the service says of a deployment, saved; one it no longer has is saved as stopped."""
+    from tuneproxy.errors import NotFound
+
+    try:
+        current = ask()
+    except NotFound:
+        current = deployment.model_copy(update={"state": "stopped", "raw_state": "not found at the service"})
+    ledger.save_deployment(current)
+    return current
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def price_estimate(provider: Provider, estimate: CostEstimate, stats: Stats | No
     pricing = _pricing(provider, estimate.model, quantities)
     basis = f"{estimate.basis}: " + "; ".join(pricing.lines) if pricing.lines else estimate.basis
     if stats is not None and not stats.exact:
-        basis += f". Token count estimated with {stats.tokenizer}: good to ±{stats.error_bound:.0%}"
+        basis += f". Token count: {stats.tokenizer}, so the range spans ±{stats.error_bound:.0%}"
     if pricing.stale:
         basis += ". A price used is more than 90 days old: check the provider's pricing page"
     return estimate.model_copy(update={

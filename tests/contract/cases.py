@@ -285,6 +285,24 @@ def _together_routes() -> list[Route]:
         Route("GET", r"/v1/fine-tunes/[^/]+/metrics", lambda c: c.fine_tuning.list_metrics("j")),
         Route("POST", r"/v1/fine-tunes/[^/]+/cancel", lambda c: c.fine_tuning.cancel("j")),
         Route("POST", r"/v1/chat/completions", lambda c: c.chat.completions.create(model="m", messages=MESSAGES)),
+        # dedicated deployments (the v2 API): registry model, configs, hardware, endpoint and deployment
+        Route("GET", r"/v2/projects/[^/]+/models/[^/]+", lambda c: c.models.retrieve("m", project_id="p")),
+        Route("GET", r"/v2/projects/[^/]+/configs", lambda c: c.models.configs.list(project_id="p")),
+        Route("GET", r"/v2/public/inference-instance-types", lambda c: c.endpoints.hardware.list()),
+        Route("POST", r"/v2/projects/[^/]+/endpoints", lambda c: c.endpoints.create(name="n", project_id="p")),
+        Route("DELETE", r"/v2/projects/[^/]+/endpoints/[^/]+",
+              lambda c: c.endpoints.delete("e", project_id="p")),
+        Route("POST", r"/v2/projects/[^/]+/endpoints/[^/]+/deployments", lambda c: c.endpoints.deployments.create(
+            "e", project_id="p", name="n", autoscaling={"min_replicas": 1, "max_replicas": 1})),
+        Route("GET", r"/v2/projects/[^/]+/endpoints/[^/]+/deployments",
+              lambda c: c.endpoints.deployments.list("e", project_id="p")),
+        Route("GET", r"/v2/projects/[^/]+/endpoints/[^/]+/deployments/[^/]+",
+              lambda c: c.endpoints.deployments.retrieve("d", endpoint_id="e", project_id="p")),
+        Route("PATCH", r"/v2/projects/[^/]+/endpoints/[^/]+/deployments/[^/]+",
+              lambda c: c.endpoints.deployments.update("d", endpoint_id="e", project_id="p",
+                                                        update_mask="autoscaling")),
+        Route("DELETE", r"/v2/projects/[^/]+/endpoints/[^/]+/deployments/[^/]+",
+              lambda c: c.endpoints.deployments.delete("d", endpoint_id="e", project_id="p")),
     ]
 
 
@@ -306,7 +324,8 @@ TOGETHER = ProviderCase(
         "consecutive 'user' messages."),
     strict_client=_together_client,
     routes=_together_routes,
-    extra_scenarios=frozenset({"fit_happy_path", "fit_failed", "fit_lost_create", "fit_cancelled"}),
+    extra_scenarios=frozenset({"fit_happy_path", "fit_failed", "fit_lost_create", "fit_cancelled",
+                               "deploy_happy_path", "deploy_cli"}),
     # n_evals only reaches the wire with a validation file, which the contract scenarios do not send
     options={"timeout": 30.0, "n_evals": 2},
 )
