@@ -9,6 +9,7 @@ max_retries=0)``) overrides :meth:`SDKProvider.make_client`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -16,6 +17,7 @@ from pydantic import Field
 
 from tuneproxy.contract import GenerationParams, JobSpec, Provider, ProviderOptions, Quantity, Usage
 from tuneproxy.errors import MissingCredentials, ProviderError
+from tuneproxy.recording import CassetteMismatch
 
 from ._chat import ChatEndpoint
 from ._http import OUTCOME_UNKNOWN, ErrorMapper, Retrier, http_clients, status_of
@@ -104,7 +106,7 @@ class SDKProvider(Provider):
                 return fn()
             return Retrier(connection, attempts=self.settings.retry_attempts,
                            max_wait=self.settings.retry_max_wait, sleep=self.sleep).call(fn)
-        except api_error as exc:
+        except (api_error, CassetteMismatch) as exc:  # some SDKs pass a transport's own error through
             raise self.error(exc, action) from None
 
     def _create(self, spec: JobSpec, fn: Callable[[], T]) -> T:
@@ -112,7 +114,7 @@ class SDKProvider(Provider):
         api_error, connection = self.sdk_errors()
         try:
             return fn()
-        except connection as exc:
+        except (*connection, CassetteMismatch) as exc:
             mapped = self.error(exc, f"create the job for intent {spec.intent_id}")
             if mapped.__class__ is not ProviderError:  # a replay mismatch is not a lost answer
                 raise mapped from None
@@ -130,9 +132,12 @@ class SDKProvider(Provider):
         """A chat-completions endpoint on ``model`` through a fresh async client per event loop; each
         completion is priced from the catalogue's inference prices for ``model``."""
         api_error, _ = self.sdk_errors()
-        return ChatEndpoint(model, lambda: self.make_client(asynchronous=True),
-                            to_error=lambda exc: self.error(exc, f"generate with {model}"),
-                            sdk_errors=(api_error, *errors), price=self._usage_price(model))
+        endpoint = ChatEndpoint(model, lambda: self.make_client(asynchronous=True),
+                                to_error=lambda exc: self.error(exc, f"generate with {model}"),
+                                sdk_errors=(api_error, CassetteMismatch, *errors), price=self._usage_price(model))
+        # rate-limit waits go through the provider's one sleep, off the event loop
+        endpoint.sleep = lambda seconds: asyncio.to_thread(self.sleep, seconds)  # type: ignore[method-assign]
+        return endpoint
 
     def _usage_price(self, model: str) -> Callable[[Usage], float | None]:
         def price(usage: Usage) -> float | None:

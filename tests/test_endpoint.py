@@ -54,16 +54,16 @@ def replay(*exchanges: tuple[dict[str, Any], dict[str, Any]]) -> ReplayTransport
 
 
 def endpoint(transport: ReplayTransport, waits: list[float] | None = None):
-    provider = OpenAIProvider({"strict_responses": True}, api_key="sk-test-endpoint-0000", transport=transport)
-    ep = provider.endpoint(MODEL)
+    """The tuned model's endpoint; rate-limit waits go through the provider's one injected sleep."""
 
-    async def sleep(seconds: float) -> None:
+    def sleep(seconds: float) -> None:
         if waits is None:
             raise AssertionError(f"the endpoint tried to sleep {seconds}s")
         waits.append(seconds)
 
-    ep.sleep = sleep
-    return ep
+    provider = OpenAIProvider({"strict_responses": True}, api_key="sk-test-endpoint-0000", transport=transport,
+                              sleep=sleep)
+    return provider.endpoint(MODEL)
 
 
 QUESTION = [{"role": "user", "content": "What is 2 plus 2?"}]

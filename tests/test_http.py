@@ -23,7 +23,7 @@ from tuneproxy.errors import (
     ReplayMismatch,
     SubmissionUncertain,
 )
-from tuneproxy.recording import CassetteMismatch, Interaction, JsonBody, RecordedRequest, RecordedResponse
+from tuneproxy.recording import Interaction, JsonBody, RecordedRequest, RecordedResponse
 
 NOW = 1_800_000_000.0
 
@@ -223,16 +223,9 @@ def test_the_mapper_keeps_the_request_id_from_a_provider_specific_header() -> No
 # --------------------------------------------------------------------------- replay mismatches vs the network
 
 
-# openai 3.x wraps only httpx2's own RequestError (and TLS errors) in APIConnectionError
-# (openai/_base_client.py, request_exceptions()); any other exception from the transport leaves the SDK as it
-# is. A replay's CassetteMismatch is an AssertionError, so it escapes SDKProvider._call/_create and
-# ChatEndpoint (which catch only openai.APIError) unmapped: a raw CassetteMismatch, "internal error" in the CLI.
-OPENAI_MISMATCH_BUG = pytest.mark.xfail(
-    strict=True, raises=CassetteMismatch,
-    reason="bug: a CassetteMismatch through the openai SDK is not wrapped as APIConnectionError, so "
-           "providers/_sdk.py never maps it to ReplayMismatch (it escapes as a raw CassetteMismatch)")
-MISMATCH_CASES = [pytest.param(c, id=c.name, marks=OPENAI_MISMATCH_BUG if c.name == "openai" else ())
-                  for c in CASES]
+# openai 3.x wraps only httpx2's own RequestError in APIConnectionError (openai/_base_client.py,
+# request_exceptions()): a replay's CassetteMismatch leaves that SDK as it is, so the provider maps it itself.
+MISMATCH_CASES = [pytest.param(c, id=c.name) for c in CASES]
 
 
 def mismatched(case: ProviderCase) -> Any:

@@ -24,7 +24,14 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, computed_field, model_validator
 
-from tuneproxy.errors import ConfigError, ProviderError, RateLimited, UnsupportedParameter, config_error_from
+from tuneproxy.errors import (
+    ConfigError,
+    ProviderError,
+    RateLimited,
+    UnsupportedParameter,
+    config_error_from,
+    register_secret,
+)
 
 T = TypeVar("T")
 
@@ -254,6 +261,12 @@ class Quantity(BaseModel):
     hardware: str | None = Field(None, description="The hardware it ran on, for per-second or hourly prices.")
 
 
+def training_tokens(quantities: Sequence[Quantity]) -> int | None:
+    """The training tokens (supervised and preference) among ``quantities``; None when they count none."""
+    amounts = [q.amount for q in quantities if q.kind in ("training_tokens", "preference_training_tokens")]
+    return int(sum(amounts)) if amounts else None
+
+
 class JobRecord(BaseModel):
     """A job as the backend last reported it."""
 
@@ -287,8 +300,7 @@ class JobRecord(BaseModel):
     @property
     def trained_tokens(self) -> int | None:
         """Billable training tokens the service reported, if any."""
-        amounts = [q.amount for q in self.billable if q.kind.endswith("training_tokens")]
-        return int(sum(amounts)) if amounts else None
+        return training_tokens(self.billable)
 
 
 class JobEvent(BaseModel):
@@ -345,8 +357,7 @@ class CostEstimate(BaseModel):
     @property
     def billable_tokens(self) -> int | None:
         """Training tokens the estimate is for, if it counts tokens."""
-        amounts = [q.amount for q in self.quantities if q.kind.endswith("training_tokens")]
-        return int(sum(amounts)) if amounts else None
+        return training_tokens(self.quantities)
 
 
 class Deployment(BaseModel):
@@ -508,6 +519,14 @@ class Provider(ABC):
     # Modules the backend needs beyond tuneproxy's own dependencies, and the extra that installs them.
     REQUIRES: ClassVar[tuple[str, ...]] = ()
     EXTRA: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A backend's key variable and key shape are scrubbed from every message once its class exists,
+        # so the core never lists services' keys itself.
+        super().__init_subclass__(**kwargs)
+        caps = cls.__dict__.get("CAPABILITIES")
+        if isinstance(caps, Capabilities) and caps.credentials:
+            register_secret(caps.credentials.env_var, caps.credentials.key_pattern)
 
     def __init__(self, options: ProviderOptions | Mapping[str, Any] | None = None, *,
                  api_key: str | None = None, transport: Any = None, clock: Clock = utc_now,

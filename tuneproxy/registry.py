@@ -1,8 +1,8 @@
 """Finds backends by name and builds them. The core never imports a backend module directly.
 
 Built-in backends are listed here as ``"module:Class"`` strings and imported only when asked for;
-third-party backends register under the entry-point group ``tuneproxy.providers``. Loading a backend
-registers its key's variable and shape for redaction (:func:`tuneproxy.errors.register_secret`).
+third-party backends register under the entry-point group ``tuneproxy.providers``. Defining a backend
+class registers its key's variable and shape for redaction (:meth:`Provider.__init_subclass__`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from tuneproxy.contract import Clock, Provider, ProviderOptions, utc_now
-from tuneproxy.errors import BackendNotInstalled, ConfigError, MissingCredentials, register_secret
+from tuneproxy.errors import BackendNotInstalled, ConfigError, MissingCredentials
 
 BUILTIN: dict[str, str] = {
     "openai": "tuneproxy.providers.openai:OpenAIProvider",
@@ -52,9 +52,6 @@ def provider_class(name: str) -> type[Provider]:
     except ImportError as exc:
         raise ConfigError(f"Provider {name!r} could not be loaded ({exc}).") from None
     cls: type[Provider] = getattr(module, attr)
-    credentials = cls.CAPABILITIES.credentials
-    if credentials:
-        register_secret(credentials.env_var, credentials.key_pattern)
     return cls
 
 

@@ -38,7 +38,16 @@ from tuneproxy.recording import Cassette, Interaction, ReplayTransport, build_re
 CONTRACT_SCENARIOS: frozenset[str] = frozenset(
     {"happy_path", "failed_validation", "cancelled", "rate_limited", "lost_create", "unauthorized"}
 )
-"""The cassettes every backend with a lifecycle records: the contract suite replays each of them."""
+"""The cassettes every backend with a lifecycle records: the contract suite replays each of them.
+
+- happy_path: upload; the estimate (if the service is asked); the create; the job read while it runs, its
+  events, the job read once it has succeeded; one chat completion with the tuned model.
+- failed_validation: the create, then a read of the job failed by the service's own file validation.
+- cancelled: the create, the cancel, a read of the job cancelled.
+- rate_limited: a read of ``job_id`` answered 429 with Retry-After, then the same read answered.
+- lost_create: the create (its answer is lost in the tests), then the lookup ``find_job`` makes.
+- unauthorized: an upload answered 401.
+"""
 
 INTENT = "8f14e45f-ceea-467f-a0e6-7ef1c2a9b001"
 PROMPT = [{"role": "user", "content": "What is 2 plus 2?"}]
@@ -182,6 +191,7 @@ class HappyRun:
 
 
 def run_happy_path(case: ProviderCase, tmp_path: Path) -> HappyRun:
+    """Replay the case's happy_path through the strict SDK, every request checked and every one used."""
     transport = case.replay("happy_path")
     p = case.provider(transport, strict_responses=True)
     slices: dict[str, list[list[Interaction]]] = {}
@@ -205,11 +215,12 @@ def run_happy_path(case: ProviderCase, tmp_path: Path) -> HappyRun:
         new = call("events", lambda after=after: p.events(run.submitted.job_id, after))
         run.events += new
         after = new[-1].id if new else after
+    else:
+        raise AssertionError(f"{case.name}/happy_path never reaches a terminal state")
     done = run.records[-1]
     run.completion = call("complete", lambda: p.endpoint(done.tuned_model or "").complete(PROMPT))
     transport.assert_all_played()
     return run
-
 
 
 # --------------------------------------------------------------------------- OpenAI
