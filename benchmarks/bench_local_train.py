@@ -110,9 +110,9 @@ def run_baseline(model_dir: Path, data: Path, device: str, work: Path) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
-    from tuneproxy.local_backend.collate import encode_chat
 
     from tuneproxy.dataset.validate import load_examples
+    from tuneproxy.local_backend.collate import encode_chat
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = []

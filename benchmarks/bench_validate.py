@@ -60,8 +60,9 @@ if mode.startswith("tuneproxy"):
     from tuneproxy.tokens import tiktoken_encoding
     tiktoken_encoding("o200k_base")  # loading the vocabulary is excluded, as for the floor
     t = time.perf_counter()
-    report = validate(path, model="gpt-4o-mini", workers=1 if mode == "tuneproxy-1" else None)
-    n, extra = report.stats.examples, {"ok": report.ok, "tokens": report.stats.total_tokens}
+    report = validate(path, model="gpt-4o-mini", tokenizer="tiktoken", workers=1 if mode == "tuneproxy-1" else None)
+    n, extra = report.stats.examples, {"ok": report.ok, "tokens": report.stats.total_tokens,
+                                       "exact": report.stats.exact}
 elif mode == "floor":
     from tuneproxy.tokens import tiktoken_encoding
     enc = tiktoken_encoding("o200k_base")
@@ -112,6 +113,7 @@ def main() -> None:
         ours, floor, together = run(small, "tuneproxy"), run(small, "floor"), run(small, "together")
         single = run(small, "tuneproxy-1")
         assert ours["tokens"] > 0 and ours["ok"] and ours["tokens"] == single["tokens"], (ours, single)
+        assert ours["exact"], "the benchmark measures exact (tiktoken) counting"
         print(row("tuneproxy validate (exact tokens)", ours, mb))
         print(row("tuneproxy validate, one process", single, mb))
         print(row("tiktoken counting alone (floor)", floor, mb))

@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tuneproxy.local_backend.errors import TemplateError
-
 from tuneproxy.dataset.examples import content_text
+from tuneproxy.local_backend.errors import TemplateError
 
 IGNORE = -100
 

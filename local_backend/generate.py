@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuneproxy.local_backend import models
-
 from tuneproxy.contract import Completion, Endpoint, GenerationParams, Message, Outcome, Usage, _params
 from tuneproxy.errors import ProviderError
+from tuneproxy.local_backend import models
 
 
 class LocalEndpoint(Endpoint):

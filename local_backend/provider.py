@@ -38,20 +38,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from tuneproxy.local_backend import models
-from tuneproxy.local_backend.jobfiles import (
-    ADAPTER_DIR,
-    CANCEL_FILE,
-    JOB_FILE,
-    LOG_FILE,
-    MERGED_DIR,
-    PID_FILE,
-    TERMINAL,
-    JobFiles,
-    write_json_atomic,
-)
-from tuneproxy.local_backend.settings import LocalOptions, TrainSettings, settings_from_spec
-
 from tuneproxy.contract import (
     Capabilities,
     Clock,
@@ -72,6 +58,19 @@ from tuneproxy.contract import (
 )
 from tuneproxy.dataset.validate import load_examples
 from tuneproxy.errors import ConfigError, DatasetError, JobNotFound, TuneproxyError
+from tuneproxy.local_backend import models
+from tuneproxy.local_backend.jobfiles import (
+    ADAPTER_DIR,
+    CANCEL_FILE,
+    JOB_FILE,
+    LOG_FILE,
+    MERGED_DIR,
+    PID_FILE,
+    TERMINAL,
+    JobFiles,
+    write_json_atomic,
+)
+from tuneproxy.local_backend.settings import LocalOptions, TrainSettings, settings_from_spec
 from tuneproxy.prices import Price
 
 MODEL_PREFIX = "local:"

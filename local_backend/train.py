@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneproxy.dataset.examples import Example
+from tuneproxy.dataset.validate import load_examples
+from tuneproxy.errors import DatasetError
 from tuneproxy.local_backend import models
 from tuneproxy.local_backend.collate import IGNORE, Encoded, collate_row, encode_chat, pack_rows
 from tuneproxy.local_backend.jobfiles import ADAPTER_DIR, CHECKPOINTS_DIR, MERGED_DIR, SUMMARY_FILE, JobFiles
 from tuneproxy.local_backend.preflight import RunPlan, plan_run
 from tuneproxy.local_backend.settings import TrainSettings
-
-from tuneproxy.dataset.examples import Example
-from tuneproxy.dataset.validate import load_examples
-from tuneproxy.errors import DatasetError
 
 
 class Stopped(Exception):

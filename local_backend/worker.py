@@ -53,9 +53,8 @@ def begin(files: JobFiles) -> bool:
 
 def run_job(job_dir: Path) -> int:
     """Train the job in ``job_dir``; return the process exit code."""
-    from tuneproxy.local_backend.settings import TrainSettings
-
     from tuneproxy.errors import TuneproxyError
+    from tuneproxy.local_backend.settings import TrainSettings
 
     files = JobFiles(job_dir)
     started = time.monotonic()

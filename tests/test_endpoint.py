@@ -9,11 +9,11 @@ import copy
 from typing import Any
 
 import pytest
-from tuneproxy.providers.openai import OpenAIProvider
 
 from tuneproxy.contract import Completion, GenerationParams
 from tuneproxy.errors import ConfigError, ProviderError, RateLimited
 from tuneproxy.prices import load_catalogue
+from tuneproxy.providers.openai import OpenAIProvider
 from tuneproxy.recording import Cassette, Interaction, ReplayTransport
 
 MODEL = "ft:gpt-4o-mini-2024-07-18:acme-research:support-bot:9RzYt0pN"

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from tuneproxy.providers._http import ErrorMapper, Retrier, retry_after_seconds
 
 from tests.contract.cases import CASES, PROMPT, ProviderCase, training_file
 from tuneproxy.errors import (
@@ -23,6 +22,7 @@ from tuneproxy.errors import (
     ReplayMismatch,
     SubmissionUncertain,
 )
+from tuneproxy.providers._http import ErrorMapper, Retrier, retry_after_seconds
 from tuneproxy.recording import Interaction, JsonBody, RecordedRequest, RecordedResponse
 
 NOW = 1_800_000_000.0

@@ -8,11 +8,11 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import torch  # noqa: E402
+
+from tests.local_helpers import build_model_folder, build_tokenizer, ticket_records, ticket_words  # noqa: E402
 from tuneproxy.local_backend.collate import IGNORE, collate_row, encode_chat, pack_rows  # noqa: E402
 from tuneproxy.local_backend.errors import TemplateError  # noqa: E402
 from tuneproxy.local_backend.train import loss_sum  # noqa: E402
-
-from tests.local_helpers import build_model_folder, build_tokenizer, ticket_records, ticket_words  # noqa: E402
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief ."},

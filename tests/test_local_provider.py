@@ -14,12 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tuneproxy.local_backend import provider as provider_module
-from tuneproxy.local_backend.errors import MissingDependency, ModelNotFound, UnknownTargetModule, WillNotFit
-from tuneproxy.local_backend.generate import LocalEndpoint, cut_at_stop
-from tuneproxy.local_backend.jobfiles import JobFiles
-from tuneproxy.local_backend.provider import START_GRACE_S, LocalProvider
-from tuneproxy.local_backend.settings import TRAINING_OPTIONS, LocalOptions, TrainSettings
 
 from tests.local_helpers import (
     build_model_folder,
@@ -34,6 +28,12 @@ from tests.local_helpers import (
 )
 from tuneproxy.contract import Completion, GenerationParams, JobSpec, JobStatus, Resumable, Stats
 from tuneproxy.errors import ConfigError, ProviderError, TuneproxyError
+from tuneproxy.local_backend import provider as provider_module
+from tuneproxy.local_backend.errors import MissingDependency, ModelNotFound, UnknownTargetModule, WillNotFit
+from tuneproxy.local_backend.generate import LocalEndpoint, cut_at_stop
+from tuneproxy.local_backend.jobfiles import JobFiles
+from tuneproxy.local_backend.provider import START_GRACE_S, LocalProvider
+from tuneproxy.local_backend.settings import TRAINING_OPTIONS, LocalOptions, TrainSettings
 from tuneproxy.prices import price_quantities
 
 WAIT_S = 240  # generous: two busy cores can be slow to start a worker; never reached when things work

@@ -8,11 +8,11 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 import torch  # noqa: E402
+
+from tests.local_helpers import build_model_folder, ticket_records, ticket_words, write_jsonl  # noqa: E402
 from tuneproxy.local_backend.jobfiles import JobFiles  # noqa: E402
 from tuneproxy.local_backend.settings import TrainSettings  # noqa: E402
 from tuneproxy.local_backend.train import Trainer, checkpoint_dirs  # noqa: E402
-
-from tests.local_helpers import build_model_folder, ticket_records, ticket_words, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuneproxy.providers.openai import OpenAIOptions, OpenAIProvider
 
 from tests.contract.cases import INTENT, OPENAI, HappyRun, run_happy_path
 from tuneproxy.contract import Hyperparameters, Quantity, Stats
 from tuneproxy.costs import bill_for, price_estimate
 from tuneproxy.dataset.examples import Example
 from tuneproxy.errors import ConfigError, UnsupportedParameter
+from tuneproxy.providers.openai import OpenAIOptions, OpenAIProvider
 from tuneproxy.recording import Interaction, JsonBody, RecordedRequest, RecordedResponse
 from tuneproxy.tuner import supported_by
 

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from together.types.deployment_status import DeploymentStatus
 from together.types.endpoint_deployment_summary import EndpointDeploymentSummary
-from tuneproxy.providers.openai import OpenAIProvider
-from tuneproxy.providers.together import TogetherProvider
 
 from tuneproxy import cli, registry
 from tuneproxy.contract import Deployable, JobRecord, JobStatus, UnknownStatusWarning
 from tuneproxy.errors import ConfigError, ProviderError
 from tuneproxy.ledger import Ledger
+from tuneproxy.providers.openai import OpenAIProvider
+from tuneproxy.providers.together import TogetherProvider
 from tuneproxy.recording import (
     Cassette,
     Interaction,

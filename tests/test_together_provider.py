@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from tuneproxy.providers.together import TogetherOptions, TogetherProvider, job_suffix
 
 from tests.contract.cases import INTENT, TOGETHER, HappyRun, run_happy_path
 from tuneproxy import registry
@@ -19,6 +18,7 @@ from tuneproxy.contract import Hyperparameters, Quantity, Stats
 from tuneproxy.costs import bill_for, price_estimate
 from tuneproxy.dataset.examples import Example
 from tuneproxy.errors import ConfigError
+from tuneproxy.providers.together import TogetherOptions, TogetherProvider, job_suffix
 from tuneproxy.recording import Interaction, JsonBody, RecordedResponse, ReplayTransport
 
 JOB = TOGETHER.job_id
