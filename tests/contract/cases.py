@@ -1,11 +1,15 @@
-"""One :class:`ProviderCase` per backend with a job lifecycle: what the contract suite, the cassette checks
-(tests/test_cassettes.py) and the HTTP tests (tests/test_http.py) need to know about it, and nothing else.
+"""The backends the contract suite runs over: one :class:`ProviderCase` per backend that speaks HTTP to a
+service, and :data:`LOCAL` for the backend that trains on this machine. What the contract suite, the cassette
+checks (tests/test_cassettes.py) and the HTTP tests (tests/test_http.py) need to know about each, and nothing
+else.
 
 Adding a provider with a lifecycle = adding its cassettes under ``fixtures/cassettes/<name>/`` and one
 case to :data:`CASES`. ``test_every_provider_with_a_lifecycle_has_a_case`` fails until the case is there.
 
-The local backend is not a case: it trains on this machine instead of speaking HTTP to a service (no
-cassettes, no SDK), has its own tests (tests/test_local_provider.py) and is being refactored.
+:data:`CASES` holds the HTTP backends only (the cassette checks and the HTTP tests run over them).
+:data:`EVERY_CASE` adds the local backend, which has no cassettes, SDK, key or transport: its behaviours run
+against a real worker process training a tiny model built in the test (tests/local_helpers.py) for two steps.
+The behaviours that cannot apply to it are listed, with the reason, in tests/contract/test_provider_contract.py.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import httpx2
 
+from tests.local_helpers import follow, ticket_records, write_jsonl
 from tuneproxy import registry
 from tuneproxy.contract import (
     Completion,
@@ -52,10 +57,6 @@ CONTRACT_SCENARIOS: frozenset[str] = frozenset(
 INTENT = "8f14e45f-ceea-467f-a0e6-7ef1c2a9b001"
 PROMPT = [{"role": "user", "content": "What is 2 plus 2?"}]
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-# Backends that are registered and have a lifecycle, but are covered elsewhere (see the module docstring).
-NOT_CASES: dict[str, str] = {"local": "trains on this machine; tests/test_local_provider.py covers it"}
-
 
 @dataclass(frozen=True)
 class Route:
@@ -176,12 +177,13 @@ def training_file(tmp_path: Path, examples: int = 10) -> Path:
 @dataclass
 class HappyRun:
     """One happy path, as far as the contract goes: upload, estimate, submit, refresh until terminal (reading
-    the events in between), one chat completion with the tuned model. ``slices``: the interactions each
-    call used, by call."""
+    the events in between), one chat completion with the tuned model. ``spec``: the JobSpec submitted.
+    ``slices``: the interactions each call used, by call (``transport`` None and no slices: a local run)."""
 
     provider: Provider
-    transport: ReplayTransport
+    transport: ReplayTransport | None
     upload: UploadedFile
+    spec: JobSpec
     estimate: CostEstimate
     submitted: JobRecord
     records: list[JobRecord] = field(default_factory=list)
@@ -205,7 +207,7 @@ def run_happy_path(case: ProviderCase, tmp_path: Path) -> HappyRun:
     upload = call("upload", lambda: p.upload(training_file(tmp_path)))
     spec = case.spec().model_copy(update={"training_file": upload.id})
     estimate = call("estimate", lambda: p.estimate(Stats(examples=10, total_tokens=1000), spec))
-    run = HappyRun(p, transport, upload, estimate, call("submit", lambda: p.submit(spec)), slices=slices)
+    run = HappyRun(p, transport, upload, spec, estimate, call("submit", lambda: p.submit(spec)), slices=slices)
     after = None
     for _ in range(20):
         record = call("refresh", lambda: p.refresh(run.submitted.job_id))
@@ -344,3 +346,65 @@ TOGETHER = ProviderCase(
 
 CASES: tuple[ProviderCase, ...] = (OPENAI, TOGETHER)
 BY_NAME: dict[str, ProviderCase] = {case.name: case for case in CASES}
+
+
+# --------------------------------------------------------------------------- the local backend
+
+
+@dataclass(frozen=True)
+class LocalCase:
+    """What the contract suite needs to know about the local backend (see each field). It trains on this
+    machine: no cassettes, SDK, key or transport, and its model is a tiny one the test builds."""
+
+    name: str = "local"
+    options: Mapping[str, Any] = field(default_factory=lambda: {
+        "device": "cpu",  # the same small, fast run on any machine
+        "price_per_gpu_hour": 2.0,  # so the hours a job reports come to a bill above zero
+        "generation_batch_size": 1,  # each conversation generated alone: a batch answers as single calls do
+        "cancel_timeout": 120.0,  # cancel waits for the real worker: generous, never reached when things work
+    })
+    """Non-default options every provider in the suite is built with, besides its ``home``."""
+    max_tokens: int = 8
+    """The most tokens a completion in the suite generates."""
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def cls(self) -> type[Provider]:
+        return registry.provider_class(self.name)
+
+    def provider(self, home: Path | None = None, **options: Any) -> Provider:
+        """The provider with its job area in ``home`` (None: the default, under TUNEPROXY_HOME) and the case's
+        options (and ``options``). It sleeps for real: only ever to wait on a real worker process."""
+        return self.cls({**({"home": str(home)} if home else {}), **self.options, **options})
+
+    def spec(self, model: Path, training_file: str, **hyperparameters: Any) -> JobSpec:
+        """A short run of the tiny ``model``: one epoch of batches of 4 (and ``hyperparameters``)."""
+        return JobSpec(model=str(model), training_file=training_file, intent_id=INTENT, hyperparameters={
+            "epochs": 1, "learning_rate": 1e-2, "batch_size": 4, "lora_rank": 4, **hyperparameters})
+
+
+LOCAL = LocalCase()
+EVERY_CASE: tuple[ProviderCase | LocalCase, ...] = (*CASES, LOCAL)
+"""Every backend with a job lifecycle: what the contract suite runs over."""
+
+
+def run_local_happy_path(case: LocalCase, model: Path, tmp_path: Path) -> HappyRun:
+    """The happy path on the local backend: a real worker trains ``model`` (a tiny one) on 8 examples for two
+    steps; the run follows it to the end, reading the events after every read of the job."""
+    p = case.provider(tmp_path / "home")
+    upload = p.upload(write_jsonl(tmp_path / "train.jsonl", ticket_records(8)))
+    spec = case.spec(model, upload.id)
+    estimate = p.estimate(Stats(examples=8, total_tokens=400), spec)
+    run = HappyRun(p, None, upload, spec, estimate, p.submit(spec))
+
+    def seen(record: JobRecord) -> bool:
+        run.records.append(record)
+        run.events += p.events(record.job_id, run.events[-1].id if run.events else None)
+        return record.status.terminal
+
+    follow(p, run.submitted.job_id, until=seen, timeout_s=240)
+    done = run.records[-1]
+    run.completion = p.endpoint(done.tuned_model or "").complete(PROMPT, max_tokens=case.max_tokens)
+    return run

@@ -1,14 +1,23 @@
-"""The provider contract, as behaviour: every backend with a lifecycle, through its real SDK, replaying its
-cassettes (no network, no real sleep). One test per behaviour, parametrized over :data:`CASES`.
+"""The provider contract, as behaviour: every backend with a lifecycle. One test per behaviour, parametrized
+over :data:`EVERY_CASE`: the HTTP backends through their real SDK, replaying their cassettes (no network, no
+real sleep), and the local backend training a tiny model in a real worker process (it sleeps for real only
+while it waits on that worker, for a bounded time).
 
-Facts only one service has (request shapes, Together's metrics merge, OpenAI's method block…) live in
-tests/test_<provider>_provider.py. The local backend is not a case here: it has no SDK or cassettes, has its
-own tests (tests/test_local_provider.py) and is being refactored (see tests/contract/cases.py).
+The local backend trains one job for the whole module (the happy path, which every read-only behaviour
+reuses) and one more that is cancelled. The behaviours that cannot apply to it run over :data:`CASES` only:
+they are listed, with the reason, in :data:`NOT_APPLICABLE_TO_LOCAL`.
+
+Facts only one backend has (request shapes, Together's metrics merge, OpenAI's method block, the local
+worker's crash and resume…) live in tests/test_<provider>_provider.py.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,16 +26,20 @@ import pytest
 from tests.contract.cases import (
     CASES,
     CONTRACT_SCENARIOS,
-    NOT_CASES,
+    EVERY_CASE,
+    LOCAL,
     PROMPT,
     HappyRun,
+    LocalCase,
     ProviderCase,
     never_sleep,
     run_happy_path,
+    run_local_happy_path,
     training_file,
 )
+from tests.local_helpers import build_model_folder, follow, ticket_records, ticket_words, write_jsonl
 from tuneproxy import registry
-from tuneproxy.contract import Completion, JobStatus
+from tuneproxy.contract import Completion, JobRecord, JobStatus, Provider
 from tuneproxy.costs import bill_for
 from tuneproxy.errors import (
     AuthenticationFailed,
@@ -46,10 +59,70 @@ from tuneproxy.recording import (
 
 pytestmark = pytest.mark.filterwarnings("error::tuneproxy.contract.UnknownStatusWarning")
 
+Case = ProviderCase | LocalCase
 
-@pytest.fixture(params=CASES, ids=str)
-def case(request: pytest.FixtureRequest) -> ProviderCase:
-    return request.param
+NOT_APPLICABLE_TO_LOCAL: dict[str, str] = {
+    "test_every_case_declares_every_contract_scenario":
+        "cassettes: the local backend makes no HTTP request, so it records none",
+    "test_a_failed_job_carries_the_service_message_verbatim":
+        "a service failing a created job in its own file validation: the local backend checks the file at upload "
+        "and the run at submit, before any job exists (tests/test_local_provider.py: refused runs, and a worker "
+        "that dies is failed with its last log lines)",
+    "test_a_rate_limited_read_is_retried_after_the_wait_the_service_asked_for":
+        "HTTP 429 with Retry-After: no service to rate-limit a read of local files",
+    "test_no_wait_is_longer_than_retry_max_wait": "HTTP 429 with Retry-After: no service, no retry options",
+    "test_a_rate_limit_outlasting_the_retries_is_rate_limited_with_the_wait":
+        "HTTP 429 with Retry-After: no service, no retry options",
+    "test_a_lost_create_is_sent_once_and_found_again_by_its_intent":
+        "an HTTP create whose answer is lost: the local submit writes the job folder before it returns. Finding "
+        "a job by its intent, which reconciles a lost create, is test_find_job_finds_the_job_made_for_the_intent",
+    "test_a_create_answered_with_a_server_error_may_have_made_the_job": "HTTP 5xx answer to the create",
+    "test_a_create_refused_with_a_4xx_is_a_plain_refusal": "HTTP 4xx answer to the create",
+    "test_a_wrong_key_is_authentication_failed_naming_the_variable_never_the_key":
+        "HTTP 401: the local backend takes no key (its Capabilities name no credentials)",
+    "test_a_missing_key_is_reported_before_any_request": "the local backend takes no key",
+    "test_the_provider_never_shows_its_key": "the local backend takes no key",
+}
+"""The behaviours that run over the HTTP cases only, each with why it cannot apply to the local backend."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``case``: every backend, or the HTTP ones for a behaviour in :data:`NOT_APPLICABLE_TO_LOCAL`."""
+    if "case" in metafunc.fixturenames:
+        http_only = metafunc.function.__name__ in NOT_APPLICABLE_TO_LOCAL
+        metafunc.parametrize("case", CASES if http_only else EVERY_CASE, ids=str)
+
+
+# --------------------------------------------------------------------------- the local backend's runs
+
+
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama and its tokenizer (tests/local_helpers.py), built once for the module."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    return build_model_folder(tmp_path_factory.mktemp("tiny") / "model", ticket_words())
+
+
+@pytest.fixture(scope="module")
+def local_happy(local_model: Path, tmp_path_factory: pytest.TempPathFactory) -> HappyRun:
+    """The one local job the read-only behaviours share: trained once, for two steps."""
+    return run_local_happy_path(LOCAL, local_model, tmp_path_factory.mktemp("local-happy"))
+
+
+@contextmanager
+def attached(case: Case, happy: HappyRun,
+             replay: Callable[[], Sequence[Interaction]] = list) -> Iterator[Provider]:
+    """A fresh provider built from the options the ledger stored for ``happy``, as ``Job.attach`` builds one.
+    Over HTTP it answers with ``replay()``'s interactions, in order, every one of them used by the end; the
+    local backend replays nothing: it reads the job's folder in its ``home`` option."""
+    stored = happy.provider.options.stored()
+    if isinstance(case, LocalCase):
+        yield case.cls(stored)
+        return
+    transport = case.scripted(replay())
+    yield case.cls(stored, api_key=case.key, transport=transport, sleep=never_sleep)
+    transport.assert_all_played()
 
 
 # --------------------------------------------------------------------------- the case list
@@ -60,8 +133,13 @@ def test_every_provider_with_a_lifecycle_has_a_case() -> None:
 
     lifecycle = {name for name in registry.names()
                  if not issubclass(registry.provider_class(name), ProfileOnlyProvider)}
-    assert set(NOT_CASES) <= lifecycle
-    assert lifecycle - set(NOT_CASES) == {case.name for case in CASES}
+    assert lifecycle == {case.name for case in EVERY_CASE}
+
+
+def test_each_behaviour_not_run_for_local_is_a_test_here() -> None:
+    behaviours = {name for name, fn in globals().items()
+                  if name.startswith("test_") and "case" in inspect.signature(fn).parameters}
+    assert set(NOT_APPLICABLE_TO_LOCAL) < behaviours
 
 
 def test_every_case_declares_every_contract_scenario(case: ProviderCase) -> None:
@@ -69,7 +147,7 @@ def test_every_case_declares_every_contract_scenario(case: ProviderCase) -> None
     assert not case.scenarios & case.extra_scenarios
 
 
-def test_the_case_options_are_valid_and_not_the_defaults(case: ProviderCase) -> None:
+def test_the_case_options_are_valid_and_not_the_defaults(case: Case) -> None:
     provider = case.provider(None)
     assert provider.options.stored() == dict(case.options) != {}
 
@@ -78,15 +156,17 @@ def test_the_case_options_are_valid_and_not_the_defaults(case: ProviderCase) -> 
 
 
 @pytest.fixture
-def happy(case: ProviderCase, tmp_path: Path) -> HappyRun:
+def happy(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> HappyRun:
+    if isinstance(case, LocalCase):
+        return request.getfixturevalue("local_happy")
     return run_happy_path(case, tmp_path)
 
 
-def test_happy_path_uploads_submits_and_follows_the_job_to_success(case: ProviderCase, happy: HappyRun) -> None:
-    spec = case.spec()
+def test_happy_path_uploads_submits_and_follows_the_job_to_success(case: Case, happy: HappyRun) -> None:
+    spec = happy.spec
     assert happy.upload.id and happy.upload.purpose == "train"
     submitted = happy.submitted
-    assert (submitted.provider, submitted.base_model, submitted.intent_id) == (case.name, case.model, spec.intent_id)
+    assert (submitted.provider, submitted.base_model, submitted.intent_id) == (case.name, spec.model, spec.intent_id)
     assert not submitted.status.terminal
     *before, done = happy.records
     assert before and all(not r.status.terminal and r.finished_at is None for r in before)
@@ -102,9 +182,9 @@ def test_a_succeeded_job_reports_what_it_bills_and_the_core_can_price_it(happy: 
     assert bill is not None and bill.usd is not None and bill.usd > 0
 
 
-def test_the_estimate_says_what_will_be_billed(case: ProviderCase, happy: HappyRun) -> None:
+def test_the_estimate_says_what_will_be_billed(case: Case, happy: HappyRun) -> None:
     estimate = happy.estimate
-    assert (estimate.provider, estimate.model) == (case.name, case.model) and estimate.basis
+    assert (estimate.provider, estimate.model) == (case.name, happy.spec.model) and estimate.basis
     assert estimate.quantities and all(q.amount > 0 for q in estimate.quantities)
     # dollars only when the service itself stated them; otherwise the core prices the quantities
     assert (estimate.usd is not None) == estimate.authoritative
@@ -116,60 +196,78 @@ def test_events_are_unique_and_time_stamped(happy: HappyRun) -> None:
     assert all(e.time.tzinfo is not None for e in happy.events)
 
 
-def test_the_tuned_model_answers_a_chat_completion_with_its_finish_reason(case: ProviderCase, happy: HappyRun) -> None:
+def test_the_tuned_model_answers_a_chat_completion_with_its_finish_reason(case: Case, happy: HappyRun) -> None:
+    completion = happy.completion
+    assert completion is not None and completion.finish_reason and completion.usage.completion_tokens > 0
+    if isinstance(case, LocalCase):  # the trainer's own word: an end-of-turn token, or max_tokens reached
+        stopped = completion.usage.completion_tokens < case.max_tokens
+        assert completion.finish_reason == ("stop" if stopped else "length")
+        return
     ((answer,),) = happy.slices["complete"]
     assert isinstance(answer.response.body, JsonBody)
     choice = answer.response.body.json_["choices"][0]
-    completion = happy.completion
-    assert completion is not None
     assert completion.text == choice["message"]["content"] and completion.text
     assert completion.finish_reason == choice["finish_reason"]  # the service's word, verbatim
     assert completion.usage.completion_tokens == answer.response.body.json_["usage"]["completion_tokens"]
 
 
-def test_complete_many_returns_one_outcome_per_conversation(case: ProviderCase, happy: HappyRun) -> None:
-    ((answer,),) = happy.slices["complete"]
-    refused = Interaction(
-        request=RecordedRequest(method="POST", url=answer.request.url),  # any body
-        response=RecordedResponse(status=400, headers={"content-type": "application/json"},
-                                  body=JsonBody(json={"error": {"message": "This model does not accept tools.",
-                                                                "type": "invalid_request_error"}})),
-    )
-    transport = case.scripted([answer, refused])
-    endpoint = case.provider(transport).endpoint(happy.records[-1].tuned_model or "")
-    first, second = endpoint.complete_many([PROMPT, [{"role": "user", "content": "call a tool"}]], concurrency=1)
-    transport.assert_all_played()
+def test_complete_many_returns_one_outcome_per_conversation(case: Case, happy: HappyRun) -> None:
+    tuned = happy.records[-1].tuned_model or ""
+    if isinstance(case, LocalCase):  # no service to refuse one: each conversation is answered, in order
+        second_prompt = ticket_records(1, seed=9)[0]["messages"][:2]
+        with attached(case, happy) as p:
+            first, second = p.endpoint(tuned).complete_many([PROMPT, second_prompt], max_tokens=case.max_tokens)
+        assert isinstance(second, Completion) and second.finish_reason
+    else:
+        ((answer,),) = happy.slices["complete"]
+        refused = Interaction(
+            request=RecordedRequest(method="POST", url=answer.request.url),  # any body
+            response=RecordedResponse(status=400, headers={"content-type": "application/json"},
+                                      body=JsonBody(json={"error": {"message": "This model does not accept tools.",
+                                                                    "type": "invalid_request_error"}})),
+        )
+        with attached(case, happy, lambda: [answer, refused]) as p:
+            first, second = p.endpoint(tuned).complete_many([PROMPT, [{"role": "user", "content": "call a tool"}]],
+                                                            concurrency=1)
+        assert isinstance(second, ProviderError) and second.status_code == 400
+        assert "This model does not accept tools." in str(second)
     assert isinstance(first, Completion) and first.text == happy.completion.text  # type: ignore[union-attr]
-    assert isinstance(second, ProviderError) and second.status_code == 400
-    assert "This model does not accept tools." in str(second)
 
 
-def test_a_fresh_provider_with_the_stored_options_reads_the_same_job(case: ProviderCase, happy: HappyRun) -> None:
+def test_a_fresh_provider_with_the_stored_options_reads_the_same_job(case: Case, happy: HappyRun) -> None:
     """How ``Job.attach`` follows a job later: the ledger keeps ``options.stored()`` and the job id."""
-    stored = happy.provider.options.stored()
-    assert stored == {**case.options, "strict_responses": True}
-    last_read = happy.slices["refresh"][-1]
-    transport = case.scripted(last_read)
-    fresh = case.cls(stored, api_key=case.key, transport=transport, sleep=never_sleep)
-    assert fresh.options == happy.provider.options
-    assert fresh.refresh(happy.submitted.job_id) == happy.records[-1]
-    transport.assert_all_played()
+    run_options = {"home": str(happy.provider.home)} if isinstance(case, LocalCase) else {"strict_responses": True}
+    assert happy.provider.options.stored() == {**case.options, **run_options}
+    with attached(case, happy, lambda: happy.slices["refresh"][-1]) as fresh:
+        assert fresh.options == happy.provider.options
+        assert fresh.refresh(happy.submitted.job_id) == happy.records[-1]
+
+
+def test_find_job_finds_the_job_made_for_the_intent(case: Case, happy: HappyRun) -> None:
+    """How a lost create is reconciled: the job is looked up by the intent id it was submitted with."""
+    with attached(case, happy, lambda: _after_the_create(case)) as p:
+        found = p.find_job(happy.spec.intent_id)
+    assert found is not None and (found.job_id, found.intent_id) == (happy.submitted.job_id, happy.spec.intent_id)
 
 
 # --------------------------------------------------------------------------- events
 
 
-def test_the_events_cursor_gives_each_event_once(case: ProviderCase, happy: HappyRun) -> None:
-    (listing,) = happy.slices["events"]  # the request(s) one events() call makes
-    everything = happy.events
+def test_the_events_cursor_gives_each_event_once(case: Case, happy: HappyRun) -> None:
+    everything = happy.events  # read along the run, each read after the last event it had
     cuts = sorted({0, len(everything) // 2, len(everything) - 2})
-    transport = case.scripted(listing * (len(cuts) + 2))
-    p, job = case.provider(transport), happy.submitted.job_id
-    assert p.events(job) == everything
-    for cut in cuts:
-        assert p.events(job, after=everything[cut].id) == everything[cut + 1:]
-    assert p.events(job, after=everything[-1].id) == []  # nothing new at the end
-    transport.assert_all_played()
+    job = happy.submitted.job_id
+    # the request(s) one events() call makes, once per call below
+    with attached(case, happy, lambda: _one_call(happy, "events") * (len(cuts) + 2)) as p:
+        assert p.events(job) == everything
+        for cut in cuts:
+            assert p.events(job, after=everything[cut].id) == everything[cut + 1:]
+        assert p.events(job, after=everything[-1].id) == []  # nothing new at the end
+
+
+def _one_call(happy: HappyRun, label: str) -> list[Interaction]:
+    (interactions,) = happy.slices[label]
+    return interactions
 
 
 # --------------------------------------------------------------------------- failure, cancel
@@ -185,14 +283,35 @@ def test_a_failed_job_carries_the_service_message_verbatim(case: ProviderCase) -
     assert record.error == case.failure_message
 
 
-def test_cancel_reports_cancelled_or_cancel_requested_then_cancelled(case: ProviderCase) -> None:
-    transport = case.replay("cancelled")
-    p = case.provider(transport)
-    job = p.submit(case.spec())
-    requested = p.cancel(job.job_id)
-    final = p.refresh(job.job_id)
-    transport.assert_all_played()
-    assert requested.job_id == job.job_id
+@pytest.fixture
+def cancelled(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[str, JobRecord, JobRecord]]:
+    """A job submitted and then cancelled: its id, what ``cancel`` answered, and a read of the job after it."""
+    if isinstance(case, ProviderCase):
+        transport = case.replay("cancelled")
+        p = case.provider(transport)
+        job = p.submit(case.spec())
+        requested, final = p.cancel(job.job_id), p.refresh(job.job_id)
+        transport.assert_all_played()
+        yield job.job_id, requested, final
+        return
+    # a job of its own, long enough to still be running when cancelled (hundreds of one-example steps)
+    model = request.getfixturevalue("local_model")
+    p = case.provider(tmp_path / "home")
+    upload = p.upload(write_jsonl(tmp_path / "train.jsonl", ticket_records(8)))
+    job = p.submit(case.spec(model, upload.id, epochs=100, batch_size=1))
+    try:
+        follow(p, job.job_id, until=lambda r: r.status is JobStatus.RUNNING)  # its worker has started
+        yield job.job_id, p.cancel(job.job_id), p.refresh(job.job_id)
+    finally:
+        if not p.refresh(job.job_id).status.terminal:  # a failed test must not leave a worker training
+            os.kill(int((p.home / "jobs" / job.job_id / "worker.pid").read_text()), signal.SIGKILL)
+
+
+def test_cancel_reports_cancelled_or_cancel_requested_then_cancelled(
+    cancelled: tuple[str, JobRecord, JobRecord]
+) -> None:
+    job_id, requested, final = cancelled
+    assert requested.job_id == job_id
     # at once cancelled, or still stopping (not terminal: its bill is not final yet)
     assert requested.status is JobStatus.CANCELLED or (
         requested.status is not JobStatus.UNKNOWN and not requested.status.terminal
@@ -249,11 +368,23 @@ def test_a_lost_create_is_sent_once_and_found_again_by_its_intent(case: Provider
     assert found is not None and (found.job_id, found.intent_id) == (case.job_id, spec.intent_id)
 
 
+def _create_at(case: ProviderCase) -> tuple[list[Interaction], int]:
+    """The lost_create cassette's interactions, and where its create request is."""
+    interactions = case.cassette("lost_create").interactions
+    return interactions, next(n for n, i in enumerate(interactions)
+                              if (i.request.method, urlsplit(i.request.url).path) == case.create)
+
+
+def _after_the_create(case: Case) -> list[Interaction]:
+    """The lookup ``find_job`` makes in the lost_create cassette."""
+    assert isinstance(case, ProviderCase)
+    interactions, at = _create_at(case)
+    return interactions[at + 1:]
+
+
 def _create_answered(case: ProviderCase, status: int) -> ReplayTransport:
     """The lost_create cassette up to its create request, which is answered ``status``."""
-    interactions = case.cassette("lost_create").interactions
-    at = next(n for n, i in enumerate(interactions)
-              if (i.request.method, urlsplit(i.request.url).path) == case.create)
+    interactions, at = _create_at(case)
     answer = RecordedResponse(status=status, headers={"content-type": "application/json"},
                               body=JsonBody(json={"error": {"message": f"answered {status}", "type": "server"}}))
     return case.scripted([*interactions[:at], Interaction(request=interactions[at].request, response=answer)])
@@ -311,7 +442,7 @@ def test_the_provider_never_shows_its_key(case: ProviderCase) -> None:
 # --------------------------------------------------------------------------- construction
 
 
-def test_the_constructor_takes_the_documented_seams_and_no_loose_options(case: ProviderCase) -> None:
+def test_the_constructor_takes_the_documented_seams_and_no_loose_options(case: Case) -> None:
     parameters = inspect.signature(case.cls.__init__).parameters
     keyword = {n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     assert {"api_key", "transport", "clock", "sleep"} <= keyword
