@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuneproxy.contract import Completion, Endpoint, GenerationParams, Message, Outcome, Usage, _params
+from tuneproxy.contract import Completion, Endpoint, GenerationParams, Message, Outcome, Usage, generation_params
 from tuneproxy.errors import ProviderError
 from tuneproxy.local_backend import models
 
@@ -25,7 +25,7 @@ class LocalEndpoint(Endpoint):
     ``acomplete_many`` generates in batches of ``batch_size`` (``concurrency`` plays no part here). Each
     :class:`~tuneproxy.contract.Completion` says why it ended: ``stop`` (an end-of-turn token, or one of
     the ``stop`` strings, where the text is cut) or ``length`` (``max_tokens`` reached). ``cost_usd`` is
-    None: the core prices the machine's time.
+    None: local generation is not priced (only training time is billed, at ``price_per_gpu_hour``).
     """
 
     def __init__(self, model: str, *, base: str, home: Path, adapter: Path | None = None,
@@ -72,7 +72,7 @@ class LocalEndpoint(Endpoint):
     async def acomplete_many(self, batch: Sequence[Sequence[Message]], params: GenerationParams | None = None,
                              *, concurrency: int = 4, **overrides: Any) -> list[Outcome]:
         """One outcome per conversation, in order, generated in batches of ``batch_size``."""
-        settings = _params(params, overrides)
+        settings = generation_params(params, overrides)
         return await asyncio.to_thread(self.generate, batch, settings)
 
     def generate(self, conversations: Sequence[Sequence[Message]], params: GenerationParams | None = None,
@@ -82,7 +82,7 @@ class LocalEndpoint(Endpoint):
         A batch that fails to generate (out of memory, say) gives its error as the outcome of each of its
         conversations; the other batches still answer. A model that cannot be loaded raises.
         """
-        settings = _params(params, overrides)
+        settings = generation_params(params, overrides)
         with self._lock:  # one model, one generation at a time
             tokenizer, model, device = self.load()
             out: list[Outcome] = []

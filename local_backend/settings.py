@@ -96,7 +96,7 @@ class _ProcessOptions(ProviderOptions):
                                    "(~/.tuneproxy/local).")
     price_per_gpu_hour: float = Field(
         0.0, ge=0, description="What an hour of this machine costs you, in USD, per hour of wall-clock "
-                               "training or generation; default 0 (your own hardware costs nothing here).")
+                               "training; default 0 (your own hardware costs nothing here).")
     python: str | None = Field(None, description="Interpreter that runs the worker processes; default the one "
                                                  "running tuneproxy.")
     cancel_timeout: float = Field(60.0, ge=0, description="Seconds cancel() waits for the worker to stop.")
@@ -105,7 +105,8 @@ class _ProcessOptions(ProviderOptions):
     @field_validator("home", mode="after")
     @classmethod
     def _expand(cls, home: Path) -> Path:
-        return home.expanduser()
+        # absolute, so a job submitted from one folder can be followed from another (the ledger keeps it)
+        return home.expanduser().resolve()
 
 
 class LocalOptions(TrainingOptions, _ProcessOptions):

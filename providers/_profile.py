@@ -29,8 +29,8 @@ class ProfileOnlyProvider(Provider):
     def _not_built(self, what: str) -> LifecycleNotBuilt:
         return LifecycleNotBuilt(
             f"{what} on {self.capabilities.display_name} is not built yet in this version of tuneproxy: "
-            "`tuneproxy validate --provider` and cost estimates work; to train now use provider "
-            "'together', 'openai' or 'local'."
+            "`tuneproxy validate --provider` and cost estimates work; `tuneproxy providers` lists the "
+            "backends that can train now."
         )
 
     def upload(self, path: Path, purpose: Literal["train", "validation"] = "train") -> UploadedFile:
@@ -57,8 +57,9 @@ class ProfileOnlyProvider(Provider):
     def estimate(self, stats: Stats, spec: JobSpec) -> CostEstimate:
         """Training tokens × epochs (1 when not given), for the core to price with the catalogue."""
         epochs = spec.hyperparameters.epochs or 1
+        kind = "preference_training_tokens" if spec.format == "preference" else "training_tokens"
         return CostEstimate(
             provider=self.name, model=spec.model,
-            quantities=[Quantity(kind="training_tokens", amount=stats.billable_tokens(epochs))],
+            quantities=[Quantity(kind=kind, amount=stats.billable_tokens(epochs))],
             basis=f"{stats.total_tokens:,} tokens × {epochs} epochs",
         )

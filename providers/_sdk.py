@@ -128,13 +128,16 @@ class SDKProvider(Provider):
 
     # ------------------------------------------------------------------ inference
 
-    def chat_endpoint(self, model: str, errors: Sequence[type[BaseException]] = ()) -> ChatEndpoint:
+    def chat_endpoint(self, model: str, errors: Sequence[type[BaseException]] = (), *,
+                      priced: bool = True) -> ChatEndpoint:
         """A chat-completions endpoint on ``model`` through a fresh async client per event loop; each
-        completion is priced from the catalogue's inference prices for ``model``."""
+        completion is priced from the catalogue's inference prices for ``model`` (``priced=False``: the
+        catalogue's rows do not apply to this model, so the cost stays unknown)."""
         api_error, _ = self.sdk_errors()
         endpoint = ChatEndpoint(model, lambda: self.make_client(asynchronous=True),
                                 to_error=lambda exc: self.error(exc, f"generate with {model}"),
-                                sdk_errors=(api_error, CassetteMismatch, *errors), price=self._usage_price(model))
+                                sdk_errors=(api_error, CassetteMismatch, *errors),
+                                price=self._usage_price(model) if priced else None)
         # rate-limit waits go through the provider's one sleep, off the event loop
         endpoint.sleep = lambda seconds: asyncio.to_thread(self.sleep, seconds)  # type: ignore[method-assign]
         return endpoint

@@ -217,8 +217,10 @@ class OpenAIProvider(SDKProvider):
                                   "(OpenAI has no estimate endpoint)")
 
     def endpoint(self, model: str) -> Endpoint:
-        """Chat completions on ``model`` (a tuned ``ft:…`` name or a base model), async first."""
-        return self.chat_endpoint(model)
+        """Chat completions on ``model`` (a tuned ``ft:…`` name or a base model), async first. The
+        catalogue holds fine-tuned models' inference prices, so only ``ft:`` models' completions are priced
+        (a base model's cost is left unknown rather than priced at the tuned rate)."""
+        return self.chat_endpoint(model, priced=model.startswith("ft:"))
 
     def serialize(self, example: Any) -> dict[str, Any]:
         """The example as OpenAI's JSONL expects it; tuneproxy's own ``metadata`` is dropped."""

@@ -255,8 +255,9 @@ class TogetherProvider(SDKProvider):
         return None
 
     def estimate(self, stats: Stats, spec: JobSpec) -> CostEstimate:
-        """Together's own figure once the training file is uploaded; before that the billable tokens
-        (n_epochs × training tokens, plus n_evals × the holdout's tokens when known), for the core to price."""
+        """Together's own figure once the training file is uploaded; before that the billable training
+        tokens (n_epochs × the training tokens), for the core to price. Evaluations of a holdout are billed
+        too (n_evals × its tokens): the figure before the upload leaves them out, Together's own includes them."""
         epochs = spec.hyperparameters.epochs or DEFAULT_EPOCHS
         kind = "preference_training_tokens" if spec.format == "preference" else "training_tokens"
         counted = CostEstimate(

@@ -196,3 +196,11 @@ def test_fireworks_estimates_use_the_size_band_of_the_whole_parameter_count(caps
     assert code == 0
     assert data["usd"] == pytest.approx(data["billable_tokens"] * band_usd_per_million / 1e6)
     assert data["price_source"].startswith("http")
+
+
+def test_an_option_value_that_looks_like_a_number_stays_text_for_a_text_option(capsys):
+    code, out, err = run(capsys, "estimate", SAMPLE, "-p", "together", "-m",
+                         "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference", "-o", "project_id=12345",
+                         "-o", "n_evals=2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["provider"] == "together"

@@ -136,3 +136,21 @@ def test_blocking_calls_work_inside_a_running_event_loop_as_in_a_notebook():
 
     assert asyncio.run(notebook_cell()) == ["4.", "four"]
     transport.assert_all_played()
+
+
+def test_a_base_models_completion_is_not_priced_at_the_tuned_rate():
+    base = "gpt-4o-mini-2024-07-18"
+    question = ask("What is 2 plus 2?")
+    question["body"]["json"]["model"] = base
+    transport = replay((question, answer("4.")))
+    provider = OpenAIProvider({"strict_responses": True}, api_key="sk-test-endpoint-0000", transport=transport)
+    reply = provider.endpoint(base).complete(QUESTION)
+    assert reply.text == "4." and reply.cost_usd is None  # the catalogue holds fine-tuned inference prices
+
+
+def test_a_very_long_rate_limit_wait_is_cut_to_the_endpoints_ceiling():
+    waits: list[float] = []
+    transport = replay((ask("What is 2 plus 2?"), refusal(429, "Rate limit reached", {"retry-after": "3600"})),
+                       (ask("What is 2 plus 2?"), answer("4.")))
+    ep = endpoint(transport, waits)
+    assert ep.complete(QUESTION).text == "4." and waits == [ep.max_rate_limit_wait]

@@ -13,6 +13,7 @@ from tuneproxy import Job, JobStatus, Ledger, TunedModel, Tuner, cli
 from tuneproxy.errors import JobFailed
 from tuneproxy.prices import load_catalogue
 from tuneproxy.recording import (
+    Cassette,
     LostResponseTransport,
     ReplayTransport,
     build_response,
@@ -221,3 +222,55 @@ def test_a_rerun_after_a_crash_finds_the_job_instead_of_paying_again():
     assert transport.requests("POST") == []
     transport.assert_all_played()
     assert Ledger().submission(tuned.record.intent_id).state == "submitted"
+
+
+def test_a_second_fit_of_the_same_request_while_the_first_is_uploading_sends_nothing():
+    import threading
+
+    from tuneproxy.ledger import SubmissionInProgress
+
+    first_uploading, second_done = threading.Event(), threading.Event()
+
+    class SlowUpload(ReplayTransport):
+        def _exchange(self, request):
+            if request.method == "POST" and not first_uploading.is_set():
+                first_uploading.set()  # the first fit holds its intent and is sending its data...
+                assert second_done.wait(timeout=60)  # ...while the second fit of the same request runs
+            return super()._exchange(request)
+
+    transport = SlowUpload(cassette_path("openai", "fit_happy_path"))
+    outcome: dict[str, object] = {}
+    first = threading.Thread(target=lambda: outcome.update(
+        tuned=make_tuner("openai", transport).fit(SAMPLE, holdout=0.1, wait=False)))
+    first.start()
+    assert first_uploading.wait(timeout=60)
+    nothing = ReplayTransport(Cassette(provider="openai", scenario="none", source="authored from API reference",
+                                       description="no request may be made"))
+    try:
+        with pytest.raises(SubmissionInProgress, match="submitting this same request"):
+            make_tuner("openai", nothing).fit(SAMPLE, holdout=0.1, wait=False)
+    finally:
+        second_done.set()
+        first.join(timeout=60)
+    assert nothing.log == [] and "tuned" in outcome
+    assert len(transport.requests("POST", CREATE["openai"])) == 1
+    assert len(Ledger().db.execute("SELECT * FROM submissions").fetchall()) == 1
+
+
+def test_a_finished_jobs_bill_is_not_repriced_when_the_job_is_read_again(monkeypatch):
+    from tuneproxy.prices import Price
+    from tuneproxy.providers.openai import OpenAIProvider
+
+    recorded = Cassette.load(cassette_path("openai", "fit_happy_path"))
+    tuned = make_tuner("openai", ReplayTransport(recorded)).fit(SAMPLE, holdout=0.1)
+    billed = [c for c in tuned.costs if c.kind == "billed"]
+    # later the price list changes; reading the finished job again must leave its bill as it was
+    monkeypatch.setattr(OpenAIProvider, "prices", lambda self: [Price(
+        provider="openai", kind="training", model=tuned.base_model, usd=100.0, per=1_000_000, source="test",
+        as_of=dt.date(2026, 11, 29))])
+    read = next(i for i in reversed(recorded.interactions)
+                if i.request.method == "GET" and i.request.url.endswith(f"/fine_tuning/jobs/{tuned.job_id}"))
+    again = Job.attach(tuned.job_id, api_key="test-key", transport=ReplayTransport(
+        recorded.model_copy(update={"interactions": [read]})))
+    assert again.refresh().status is JobStatus.SUCCEEDED
+    assert [c for c in Ledger().job_costs(tuned.record) if c.kind == "billed"] == billed

@@ -535,3 +535,9 @@ def test_bundled_gguf_is_dequantized_into_a_folder_that_takes_a_4bit_config(tmp_
     model = models.load_model(location, quantization="nf4", device="cpu")
     assert type(model.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
     assert models.load_tokenizer(location).chat_template
+
+
+def test_a_relative_job_area_is_kept_absolute_so_the_job_can_be_followed_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stored = LocalProvider({"home": "jobs-here"}).options.stored()
+    assert stored["home"] == str(tmp_path / "jobs-here")

@@ -47,7 +47,7 @@ def test_fit_is_typed_as_a_tuned_model_when_waiting_and_a_job_when_not(tmp_path)
     pytest.importorskip("mypy")
     example = tmp_path / "overloads.py"
     example.write_text(
-        "from typing import assert_type\n"
+        "from typing_extensions import assert_type\n"
         "from tuneproxy import Job, TunedModel, Tuner\n"
         "tuner = Tuner('together', 'm')\n"
         "assert_type(tuner.fit('train.jsonl'), TunedModel)\n"

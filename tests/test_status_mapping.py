@@ -54,8 +54,10 @@ def replicate_documented() -> set[str]:
 
 
 def local_documented() -> set[str]:
-    # The local trainer's statuses are its own: the ones its STATUS_MAP names (docs/local-backend.md).
-    return set(registry.provider_class("local").STATUS_MAP)
+    # The local trainer's statuses are its own, written by its processes: queued (provider.submit/resume),
+    # loading_model (worker start), running and saving (train.py), cancel_requested (provider.refresh while
+    # a cancel file exists), succeeded/failed/cancelled (worker.finish, provider._settle).
+    return {"queued", "loading_model", "running", "saving", "cancel_requested", "succeeded", "failed", "cancelled"}
 
 
 DOCUMENTED: dict[str, Callable[[], set[str]]] = {

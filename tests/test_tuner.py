@@ -146,3 +146,10 @@ def test_a_small_holdout_is_not_warned_about_its_size():
     lines = SAMPLE.read_text().splitlines(keepends=True)
     report = tuner().validate([json.loads(x) for x in lines[:20]], check_size=False)
     assert report.ok and "TP501" not in report.counts and "TP502" not in report.counts
+
+
+def test_a_budget_cannot_be_kept_when_no_price_is_known_so_fit_stops_before_any_request():
+    transport = silent("openai")
+    with pytest.raises(BudgetExceeded, match="cannot be told"):
+        tuner(model="gpt-3.5-turbo-0125", transport=transport, budget_usd=5, epochs=1).fit(SAMPLE)
+    assert transport.log == []

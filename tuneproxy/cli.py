@@ -164,17 +164,20 @@ def _warnings_shown() -> Iterator[None]:
 
 
 def _options(pairs: list[str] | None) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; a value that parses as JSON (numbers, true, lists) is taken as such. The
-    backend's own options model checks the keys and types."""
+    """``KEY=VALUE`` pairs. Values stay text — the backend's options model converts them to each field's
+    type (``5`` to a number where a number is wanted, kept as text for a text field) — except a JSON list,
+    object or ``null``."""
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
-        try:
-            options[key] = json.loads(value)
-        except ValueError:
-            options[key] = value
+        options[key] = value
+        if value[:1] in "[{" or value == "null":
+            try:
+                options[key] = json.loads(value)
+            except ValueError:
+                raise typer.BadParameter(f"{value!r} is not valid JSON", param_hint="--option") from None
     return options
 
 
@@ -283,7 +286,8 @@ def _load(job_id: str, offline: bool) -> tuple[Any, Any]:
 
 
 @jobs_app.command("list")
-def jobs_list(provider: ProviderOpt = None, limit: Annotated[int, typer.Option(min=1)] = 50,
+def jobs_list(provider: Annotated[str | None, typer.Option("--provider", "-p", help="Only this provider's jobs.")]
+              = None, limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 50,
               as_json: JsonOpt = False) -> None:
     """Jobs in the ledger, newest first (no service is contacted)."""
     from tuneproxy.ledger import Ledger

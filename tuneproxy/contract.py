@@ -87,7 +87,7 @@ class Hyperparameters(BaseModel):
     epochs: int | None = Field(None, ge=1, le=100, description="Passes over the training data.")
     learning_rate: float | None = Field(None, gt=0, lt=1, description="Absolute peak learning rate.")
     learning_rate_multiplier: float | None = Field(
-        None, gt=0, description="Multiplier on the service's own default learning rate (OpenAI only)."
+        None, gt=0, description="Multiplier on the service's own default learning rate (few services take it)."
     )
     batch_size: int | None = Field(None, ge=1, le=1024, description="Examples per optimizer step.")
     lora_rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank r.")
@@ -387,6 +387,8 @@ class GenerationParams(BaseModel):
 
 
 class Usage(BaseModel):
+    """Tokens one completion read and wrote."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -405,7 +407,9 @@ Message = Mapping[str, Any]
 Outcome = Completion | ProviderError
 
 
-def _params(params: GenerationParams | None, overrides: Mapping[str, Any]) -> GenerationParams:
+def generation_params(params: GenerationParams | None, overrides: Mapping[str, Any]) -> GenerationParams:
+    """``params`` (default: the defaults) with ``overrides`` by name, validated (a wrong one is a
+    :class:`ConfigError`)."""
     base = params or GenerationParams()
     if not overrides:
         return base
@@ -427,6 +431,7 @@ class Endpoint(ABC):
     model: str
     sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)  # type: ignore[assignment]
     rate_limit_retries: int = 4
+    max_rate_limit_wait: float = 60.0  # a longer wait asked for is cut to this, then the item is retried
 
     @abstractmethod
     async def _generate(self, messages: Sequence[Message], params: GenerationParams) -> Completion:
@@ -435,20 +440,21 @@ class Endpoint(ABC):
     async def acomplete(self, messages: Sequence[Message], params: GenerationParams | None = None,
                         **overrides: Any) -> Completion:
         """One reply to ``messages``; a rate limit is waited out a few times before it is raised."""
-        settings = _params(params, overrides)
+        settings = generation_params(params, overrides)
         for attempt in range(self.rate_limit_retries + 1):
             try:
                 return await self._generate(messages, settings)
             except RateLimited as exc:
                 if attempt == self.rate_limit_retries:
                     raise
-                await self.sleep(exc.retry_after if exc.retry_after is not None else 2.0 ** attempt)
+                asked = exc.retry_after if exc.retry_after is not None else 2.0 ** attempt
+                await self.sleep(min(asked, self.max_rate_limit_wait))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def acomplete_many(self, batch: Sequence[Sequence[Message]], params: GenerationParams | None = None,
                              *, concurrency: int = 4, **overrides: Any) -> list[Outcome]:
         """One outcome per conversation, in order, at most ``concurrency`` at a time."""
-        settings = _params(params, overrides)
+        settings = generation_params(params, overrides)
         gate = asyncio.Semaphore(concurrency)
 
         async def one(messages: Sequence[Message]) -> Outcome:
@@ -531,9 +537,11 @@ class Provider(ABC):
     def __init__(self, options: ProviderOptions | Mapping[str, Any] | None = None, *,
                  api_key: str | None = None, transport: Any = None, clock: Clock = utc_now,
                  sleep: Callable[[float], None] = time.sleep) -> None:
+        if isinstance(options, ProviderOptions) and not isinstance(options, self.Options):
+            raise ConfigError(f"{type(options).__name__} are not {self.CAPABILITIES.display_name}'s options: "
+                              f"give a {self.Options.__name__} or a dict.")
         self.options = (options if isinstance(options, self.Options)
-                        else self.Options.parse(options if isinstance(options, Mapping) else None,
-                                                backend=self.CAPABILITIES.display_name))
+                        else self.Options.parse(options, backend=self.CAPABILITIES.display_name))
         self.api_key = api_key
         self.transport = transport
         self.clock = clock

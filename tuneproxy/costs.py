@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from tuneproxy.contract import CostEstimate, JobRecord, Provider, Quantity, Stats
 from tuneproxy.prices import Pricing, price_quantities
 
-TOKEN_KINDS = frozenset({"training_tokens", "preference_training_tokens", "input_tokens", "output_tokens"})
+TOKEN_QUANTITIES = frozenset({"training_tokens", "preference_training_tokens", "input_tokens", "output_tokens"})
 
 
 def _widened(quantities: list[Quantity], stats: Stats | None) -> list[Quantity]:
@@ -23,7 +23,7 @@ def _widened(quantities: list[Quantity], stats: Stats | None) -> list[Quantity]:
     bound = stats.error_bound
     return [q.model_copy(update={"low": (q.low if q.low is not None else q.amount) * (1 - bound),
                                  "high": (q.high if q.high is not None else q.amount) * (1 + bound)})
-            if q.kind in TOKEN_KINDS else q for q in quantities]
+            if q.kind in TOKEN_QUANTITIES else q for q in quantities]
 
 
 def _pricing(provider: Provider, model: str, quantities: list[Quantity]) -> Pricing:

@@ -12,8 +12,8 @@ from typing import Any
 
 # The environment variables that hold provider keys: their values are removed wherever they appear,
 # whatever shape the key has (a Together key can be plain hex, which no pattern would catch). Each
-# provider declares its own variable and key shape (``Capabilities.credentials``); the registry
-# registers them here when the provider is loaded, so this module names no service.
+# provider declares its own variable and key shape (``Capabilities.credentials``); defining a Provider
+# class registers them here (``Provider.__init_subclass__``), so this module names no service.
 KEY_VARIABLES: set[str] = set()
 # Query parameters of presigned URLs that grant access (S3/GCS signatures, credentials, tokens).
 _SIGNED_QUERY = re.compile(r"(?i)([?&](?:[\w.-]*(?:signature|credential|token|key|sig))=)[^&#\s\"']+")

@@ -66,15 +66,19 @@ class Job:
         return record
 
     def refresh(self) -> JobRecord:
-        """Ask the backend for the job's state and save it; once the job has ended, save its bill (the
-        service's own figure, or what it counted priced with the catalogue)."""
-        record = self._keep(self.provider.refresh(self.id))
-        if record.status.terminal:
+        """Ask the backend for the job's state and save it; when the job ends, save its bill (the service's
+        own figure, or what it counted priced with the catalogue)."""
+        previous, record = self.record, self.provider.refresh(self.id)
+        record.intent_id = record.intent_id or previous.intent_id
+        # the bill is written when the job ends (before its final state, so a crash in between writes it
+        # again), and again only if the service's own figures change — never re-priced later
+        if record.status.terminal and (not previous.status.terminal or record.billable != previous.billable
+                                       or record.billed_usd != previous.billed_usd):
             bill = bill_for(self.provider, record)
             if bill is not None:
                 self.ledger.record_billed(record, usd=bill.usd, basis=bill.basis, price_source=bill.price_source,
                                           authoritative=bill.authoritative)
-        return record
+        return self._keep(record)
 
     def events(self) -> list[JobEvent]:
         """Events the ledger has not seen yet (fetched from the backend and saved)."""

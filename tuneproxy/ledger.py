@@ -16,6 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import secrets
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -90,9 +93,13 @@ MIGRATIONS: list[str] = [
     # rebuilt (SQLite cannot alter a CHECK) for inference and deployment rows, with the model, a low/high
     # range and a typed quantity instead of a token count; paid deployments. Every old cost row is copied
     # with its id; its model is taken from its job or submission where the ledger knows it.
+    # The process submitting a pending intent (owner, claimed_at), so a concurrent fit of the same request
+    # waits instead of submitting it too.
     # No statement may contain a literal semicolon outside a string (see Ledger._statements).
     """
     ALTER TABLE submissions ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE submissions ADD COLUMN owner TEXT;
+    ALTER TABLE submissions ADD COLUMN claimed_at TEXT;
     CREATE TABLE costs_v2 (
         id            INTEGER PRIMARY KEY AUTOINCREMENT,
         recorded_at   TEXT NOT NULL,
@@ -166,6 +173,33 @@ class Submission(BaseModel):
     state: SubmissionState
     job_id: str | None = None
     error: str | None = None
+    owner: str | None = None
+    claimed_at: str | None = None
+
+
+# A claim from another machine is taken as abandoned after this long (its process cannot be asked).
+CLAIM_LEASE = dt.timedelta(minutes=30)
+
+
+class SubmissionInProgress(TuneproxyError):
+    """Another process is submitting the same request right now."""
+
+    exit_code = 3
+
+
+def _owner_alive(owner: str, claimed_at: str | None, now: dt.datetime) -> bool:
+    """Whether the process that claimed an intent may still be submitting it: on this machine, whether its
+    pid runs; on another, whether its claim is younger than :data:`CLAIM_LEASE`."""
+    host, _, rest = owner.rpartition("@")
+    if host == socket.gethostname():
+        try:
+            os.kill(int(rest.split(":")[0]), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError):
+            return True
+        return True
+    return claimed_at is not None and now - dt.datetime.fromisoformat(claimed_at) < CLAIM_LEASE
 
 
 class CostRow(BaseModel):
@@ -196,6 +230,8 @@ class Ledger:
     def __init__(self, path: Path | str | None = None, clock: Clock = utc_now) -> None:
         self.path = Path(path) if path else home() / "state.db"
         self.clock = clock
+        # who claims intents through this ledger: this machine, this process, this ledger
+        self.owner = f"{socket.gethostname()}@{os.getpid()}:{secrets.token_hex(4)}"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -313,6 +349,12 @@ class Ledger:
 
         ``options`` are the provider's non-secret settings (``ProviderOptions.stored()``), kept so the
         job can be followed later by a provider built the same way.
+
+        The claim is this ledger's until :meth:`release_claim`: a pending intent whose claimer still runs
+        (another process or thread on this machine, or a claim from another machine younger than
+        :data:`CLAIM_LEASE`) raises :class:`SubmissionInProgress` — it may be uploading right now, and
+        looking for its job would find nothing and submit it twice. An intent whose claimer died, or that
+        is ``uncertain``, is taken over and returned for reconciling.
         """
         options = dict(options or {})
         try:
@@ -323,7 +365,17 @@ class Ledger:
                     (provider, fingerprint),
                 ).fetchone()
                 if row:
-                    return self._submission(row), False
+                    found = self._submission(row)
+                    if (found.state == "pending" and found.owner and found.owner != self.owner
+                            and _owner_alive(found.owner, found.claimed_at, self.clock())):
+                        raise SubmissionInProgress(
+                            f"Another tuneproxy process ({found.owner.split(':')[0]}) is submitting this same "
+                            f"request to {provider} right now (intent {found.intent_id}); nothing was sent. Wait "
+                            "for it to finish (`tuneproxy jobs list` then shows the job), or run this again once "
+                            "it has stopped.")
+                    self.db.execute("UPDATE submissions SET owner = ?, claimed_at = ? WHERE intent_id = ?",
+                                    (self.owner, self._now(), found.intent_id))
+                    return found.model_copy(update={"owner": self.owner}), False
                 attempt = self.db.execute("SELECT count(*) FROM submissions WHERE fingerprint = ?",
                                           (fingerprint,)).fetchone()[0]
                 while True:
@@ -333,18 +385,26 @@ class Ledger:
                     if not taken:
                         break
                     attempt += 1
-                sub = Submission(intent_id=intent_id, created_at=self._now(), provider=provider, model=model,
-                                 fingerprint=fingerprint, request=request, options=options, state="pending")
+                now = self._now()
+                sub = Submission(intent_id=intent_id, created_at=now, provider=provider, model=model,
+                                 fingerprint=fingerprint, request=request, options=options, state="pending",
+                                 owner=self.owner, claimed_at=now)
                 self.db.execute(
                     "INSERT INTO submissions (intent_id, created_at, provider, model, fingerprint, request, "
-                    "options, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "options, state, owner, claimed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (sub.intent_id, sub.created_at, provider, model, fingerprint, json.dumps(request),
-                     json.dumps(options), sub.state),
+                     json.dumps(options), sub.state, self.owner, now),
                 )
                 return sub, True
         except sqlite3.IntegrityError as exc:  # not expected: the transaction excludes every other writer
             raise TuneproxyError(f"Could not record the submission in the ledger at {self.path} ({exc}); "
                                  "run the command again.") from None
+
+    def release_claim(self, intent_id: str) -> None:
+        """This ledger is done submitting ``intent_id`` (whatever became of it): another process may
+        reconcile it now."""
+        self.db.execute("UPDATE submissions SET owner = NULL WHERE intent_id = ? AND owner = ?",
+                        (intent_id, self.owner))
 
     def mark_submission(self, intent_id: str, state: SubmissionState, job_id: str | None = None,
                         error: str | None = None) -> None:
@@ -496,7 +556,12 @@ class Ledger:
         just-settled job's bill may still move; it is final only when the job is). Returns whether the
         row was written or changed."""
         tokens = record.trained_tokens
-        quantity, unit = (None, None) if tokens is None else (float(tokens), "training_tokens")
+        if tokens is not None:
+            quantity, unit = float(tokens), "training_tokens"
+        elif record.billable:  # a bill in other units (GPU-hours, hardware-seconds): the first one counts
+            quantity, unit = record.billable[0].amount, record.billable[0].kind
+        else:
+            quantity, unit = None, None
         with self._transaction():
             row = self.db.execute(
                 "SELECT id, usd, quantity, unit, price_source, authoritative, basis, model, intent_id FROM costs "
@@ -544,4 +609,5 @@ class Ledger:
         return {r["provider"]: r["usd"] or 0.0 for r in rows}
 
 
-__all__ = ["MIGRATIONS", "CostRow", "DeploymentNotFound", "Ledger", "Submission", "SubmissionState", "home"]
+__all__ = ["MIGRATIONS", "CostRow", "DeploymentNotFound", "Ledger", "Submission", "SubmissionInProgress",
+           "SubmissionState"]

@@ -43,9 +43,9 @@ RECORD_ENV = "TUNEPROXY_RECORD"
 
 # Request headers worth keeping: they say who asked and in what form. Everything else is SDK noise
 # (user agent, platform, retry counters) that would make cassettes churn on every SDK release.
-_KEPT_REQUEST_HEADERS = frozenset(
-    {"authorization", "content-type", "accept", "idempotency-key", "openai-organization", "openai-project"}
-)
+_KEPT_REQUEST_HEADERS = frozenset({"authorization", "content-type", "accept", "idempotency-key"})
+# ...and any header that says which organization or project a request bills to (services name it their own way)
+_KEPT_REQUEST_HEADER_ENDINGS = ("-organization", "-project")
 # Response headers that describe the transfer, not the answer; the body is stored decoded.
 _DROPPED_RESPONSE_HEADERS = frozenset(
     {"content-encoding", "content-length", "transfer-encoding", "connection", "keep-alive", "set-cookie"}
@@ -206,7 +206,7 @@ def _redact_headers(headers: Any, keep: frozenset[str] | None = None) -> dict[st
     out: dict[str, str] = {}
     for name, value in headers.items():
         lower = name.lower()
-        if keep is not None and lower not in keep:
+        if keep is not None and lower not in keep and not lower.endswith(_KEPT_REQUEST_HEADER_ENDINGS):
             continue
         if keep is None and lower in _DROPPED_RESPONSE_HEADERS:
             continue

@@ -186,12 +186,15 @@ class Tuner:
             self.provider_name, self.model, self._fingerprint(train, held), self._request(data, train, held),
             self.provider.options.stored())
         with JobDisplay(enabled=self.show_progress) as display:
-            found = None if fresh else self._reconcile(submission.intent_id)
-            if found is not None:
-                job = Job(self.provider, found, self.ledger, self.poll_interval)
-            else:
-                self.ledger.record_estimate(estimate, submission.intent_id)
-                job = self._submit(submission.intent_id, train, held, report, display)
+            try:
+                found = None if fresh else self._reconcile(submission.intent_id)
+                if found is not None:
+                    job = Job(self.provider, found, self.ledger, self.poll_interval)
+                else:
+                    self.ledger.record_estimate(estimate, submission.intent_id)
+                    job = self._submit(submission.intent_id, train, held, report, display)
+            finally:  # submitted, refused or interrupted: another process may reconcile it from now on
+                self.ledger.release_claim(submission.intent_id)
             if not wait:
                 return job
             job.wait(on_update=display)
@@ -246,8 +249,14 @@ class Tuner:
                        format=fmt, hyperparameters=self.hyperparameters, intent_id=intent_id)
 
     def _guard(self, estimate: CostEstimate) -> None:
+        if self.budget_usd is None:
+            return
         figure = estimate.usd_high if estimate.usd_high is not None else estimate.usd
-        if self.budget_usd is not None and figure is not None and figure > self.budget_usd:
+        if figure is None:
+            raise BudgetExceeded(f"A budget of ${self.budget_usd:.2f} was set but the cost cannot be told "
+                                 f"({estimate.basis}), so it cannot be kept. Check the model name against the "
+                                 "provider's, or drop the budget to go ahead without one.")
+        if figure > self.budget_usd:
             raise BudgetExceeded(f"The estimate is up to ${figure:.2f} ({estimate.basis}), over the budget of "
                                  f"${self.budget_usd:.2f}. Raise the budget, use fewer epochs or less data.")
 
