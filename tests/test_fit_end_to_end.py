@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import FIXTURES
 from tuneproxy import Job, JobStatus, Ledger, TunedModel, Tuner, cli
-from tuneproxy.errors import JobFailed
+from tuneproxy.errors import JobFailed, ProviderError
 from tuneproxy.prices import load_catalogue
 from tuneproxy.recording import (
     Cassette,
@@ -274,3 +274,68 @@ def test_a_finished_jobs_bill_is_not_repriced_when_the_job_is_read_again(monkeyp
         recorded.model_copy(update={"interactions": [read]})))
     assert again.refresh().status is JobStatus.SUCCEEDED
     assert [c for c in Ledger().job_costs(tuned.record) if c.kind == "billed"] == billed
+
+
+def _no_requests(provider: str) -> ReplayTransport:
+    return ReplayTransport(Cassette(provider=provider, scenario="none", source="authored from API reference",
+                                    description="no request may be made"))
+
+
+def test_rerunning_the_same_fit_follows_the_running_job_instead_of_paying_again():
+    from tuneproxy.tuner import ReattachedWarning
+
+    first = make_tuner("together", ReplayTransport(cassette_path("together", "fit_happy_path")))
+    job = first.fit(SAMPLE, holdout=0.1, wait=False)
+    nothing = _no_requests("together")
+    with pytest.warns(ReattachedWarning, match=job.id):
+        again = make_tuner("together", nothing).fit(SAMPLE, holdout=0.1, wait=False)
+    assert again.id == job.id and nothing.log == []
+    assert len(Ledger().db.execute("SELECT * FROM submissions").fetchall()) == 1
+
+
+def test_resubmit_asks_for_a_new_job_even_while_one_runs():
+    make_tuner("together", ReplayTransport(cassette_path("together", "fit_happy_path"))).fit(
+        SAMPLE, holdout=0.1, wait=False)
+    nothing = _no_requests("together")
+    with pytest.raises(ProviderError):  # it really tries: its upload is the first request this replay refuses
+        make_tuner("together", nothing).fit(SAMPLE, holdout=0.1, wait=False, resubmit=True)
+    assert nothing.log  # it went to the service for a new job
+    assert len(Ledger().db.execute("SELECT * FROM submissions").fetchall()) == 2
+
+
+def test_a_succeeded_job_is_returned_again_only_when_reuse_is_asked():
+    from tuneproxy.tuner import ReattachedWarning
+
+    tuned = make_tuner("together", ReplayTransport(cassette_path("together", "fit_happy_path"))).fit(
+        SAMPLE, holdout=0.1)
+    nothing = _no_requests("together")
+    with pytest.warns(ReattachedWarning, match="succeeded"):
+        again = make_tuner("together", nothing).fit(SAMPLE, holdout=0.1, reuse=True)
+    assert again.job_id == tuned.job_id and again.model == tuned.model and nothing.log == []
+    with pytest.raises(ProviderError):  # without reuse a finished request trains again
+        make_tuner("together", nothing).fit(SAMPLE, holdout=0.1)
+    assert nothing.log  # it tried to
+
+
+def test_ctrl_c_while_following_says_the_job_keeps_running_and_how_to_follow_it(capsys, monkeypatch):
+    import tuneproxy.recording as recording
+
+    class InterruptedWhileWaiting(ReplayTransport):
+        def _exchange(self, request):
+            if request.method == "GET" and "/v1/fine-tunes/ft-" in str(request.url) and self.requests("POST",
+                                                                                            CREATE["together"]):
+                raise KeyboardInterrupt  # the user presses Ctrl-C while the job is being followed
+            return super()._exchange(request)
+
+    monkeypatch.setattr(recording, "transport_from_env",
+                        lambda provider: InterruptedWhileWaiting(cassette_path("together", "fit_happy_path")))
+    monkeypatch.setenv("TOGETHER_API_KEY", "test-key")
+    sys.argv = ["tuneproxy", "fit", str(SAMPLE), "-p", "together", "-m", MODELS["together"], "--epochs", "3",
+                "--batch-size", "8", "--seed", "42", "--suffix", "support-bot", "--holdout", "0.1",
+                "--poll-interval", "0"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    _, err = capsys.readouterr()
+    job_id = Ledger().jobs()[0].job_id
+    assert exit_info.value.code == 130
+    assert f"Job {job_id} keeps running" in err and f"tuneproxy jobs wait {job_id}" in err

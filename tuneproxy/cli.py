@@ -239,6 +239,10 @@ def fit(
     stratify: Annotated[str | None, typer.Option(help="Metadata key to stratify the holdout by.")] = None,
     budget: Annotated[float | None, typer.Option(help="Refuse if the estimate is over this many USD.")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Submit and return the job id at once.")] = False,
+    new: Annotated[bool, typer.Option("--new", help="Submit a new job even if this same request has one "
+                                                    "running (by default fit follows that one).")] = False,
+    reuse: Annotated[bool, typer.Option("--reuse", help="Return this same request's succeeded job instead of "
+                                                        "training again.")] = False,
     poll_interval: PollOpt = None,
     option: OptionOpt = None,
     as_json: JsonOpt = False,
@@ -251,7 +255,9 @@ def fit(
     with _warnings_shown():
         tuner = _tuner(provider, model, hyperparameters, option, budget_usd=budget, poll_interval=poll_interval,
                        show_progress=not as_json)
-        result = tuner.fit(data, _holdout_value(holdout), wait=not no_wait, stratify=stratify)
+        with _still_running(lambda: tuner.job):
+            result = tuner.fit(data, _holdout_value(holdout), wait=not no_wait, stratify=stratify, resubmit=new,
+                               reuse=reuse)
     record = result.record
     if as_json:
         payload = record.model_dump(mode="json")
@@ -266,6 +272,21 @@ def fit(
     billed = next((c.usd for c in reversed(result.costs) if c.kind == "billed"), None)
     shown = f"${billed:.4f}" if billed is not None else "not known"
     console.print(f"[bold green]Done:[/] {result.model} (job {record.job_id}, billed {shown})", highlight=False)
+
+
+@contextmanager
+def _still_running(job: Callable[[], Any]) -> Iterator[None]:
+    """Ctrl-C while following a job: the job keeps running at the service; say how to follow or stop it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        current = job()
+        if current is None:
+            raise
+        err_console.print(f"Interrupted. Job {current.id} keeps running on {current.record.provider}: follow it with "
+                          f"`tuneproxy jobs wait {current.id}`, stop it with `tuneproxy jobs cancel {current.id}`.",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def _attach(job_id: str, poll_interval: float | None = None) -> Any:
@@ -344,7 +365,7 @@ def jobs_wait(job_id: str, poll_interval: PollOpt = None, as_json: JsonOpt = Fal
     from tuneproxy.render import job_table
 
     job = _attach(job_id, poll_interval)
-    with JobDisplay(enabled=not as_json) as display:
+    with _still_running(lambda: job), JobDisplay(enabled=not as_json) as display:
         record = job.wait(on_update=display)
     if as_json:
         _print_json(record.model_dump(mode="json"))

@@ -412,6 +412,16 @@ class Ledger:
         self.db.execute("UPDATE submissions SET state = ?, job_id = COALESCE(?, job_id), error = ? "
                         "WHERE intent_id = ?", (state, job_id, error, intent_id))
 
+    def submitted_job(self, provider: str, fingerprint: str) -> JobRecord | None:
+        """The job of the newest submission of this request that reached the service (its last saved
+        state), if any: what a rerun of the same ``fit`` follows instead of paying again."""
+        row = self.db.execute(
+            "SELECT jobs.record FROM submissions JOIN jobs ON jobs.provider = submissions.provider AND "
+            "jobs.job_id = submissions.job_id WHERE submissions.provider = ? AND submissions.fingerprint = ? AND "
+            "submissions.state = 'submitted' ORDER BY submissions.created_at DESC, submissions.rowid DESC LIMIT 1",
+            (provider, fingerprint)).fetchone()
+        return JobRecord.model_validate_json(row["record"]) if row else None
+
     def submission(self, intent_id: str) -> Submission | None:
         """The submission with this intent id, if any."""
         row = self.db.execute("SELECT * FROM submissions WHERE intent_id = ?", (intent_id,)).fetchone()

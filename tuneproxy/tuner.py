@@ -27,6 +27,7 @@ from tuneproxy.contract import (
     Hyperparameters,
     JobRecord,
     JobSpec,
+    JobStatus,
     Provider,
     ProviderOptions,
     UploadedFile,
@@ -62,6 +63,10 @@ class SunsetWarning(UserWarning):
 
 class DatasetWarning(UserWarning):
     """The data passed validation with warnings."""
+
+
+class ReattachedWarning(UserWarning):
+    """``fit`` follows a job submitted earlier for the same request instead of submitting a new one."""
 
 
 def supported_by() -> dict[str, list[str]]:
@@ -113,6 +118,7 @@ class Tuner:
         self.poll_interval = caps.poll_seconds if poll_interval is None else poll_interval
         self.provider.translate(self.hyperparameters, supported_by())
         self._counter: TokenCounter | None = None
+        self.job: Job | None = None  # the job the last fit submitted or followed, once there is one
 
     def __repr__(self) -> str:
         return f"<Tuner {self.provider_name}:{self.model} {self.hyperparameters.given()}>"
@@ -160,25 +166,42 @@ class Tuner:
 
     @overload
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: Literal[True] = True,
-            seed: int = 0, stratify: str | None = None) -> TunedModel: ...
+            seed: int = 0, stratify: str | None = None, resubmit: bool = False, reuse: bool = False) -> TunedModel:
+        ...
 
     @overload
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: Literal[False],
-            seed: int = 0, stratify: str | None = None) -> Job: ...
+            seed: int = 0, stratify: str | None = None, resubmit: bool = False, reuse: bool = False) -> Job: ...
 
     @overload
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: bool,
-            seed: int = 0, stratify: str | None = None) -> TunedModel | Job: ...
+            seed: int = 0, stratify: str | None = None, resubmit: bool = False,
+            reuse: bool = False) -> TunedModel | Job: ...
 
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: bool = True,
-            seed: int = 0, stratify: str | None = None) -> TunedModel | Job:
+            seed: int = 0, stratify: str | None = None, resubmit: bool = False,
+            reuse: bool = False) -> TunedModel | Job:
         """Fine-tune on ``data``; returns the :class:`TunedModel` (``wait=False``: the :class:`Job`).
 
         ``holdout`` is a validation set (path or records), or a fraction/count of ``data`` to hold out
         (seeded, stratified by the metadata key ``stratify`` when given).
+
+        The same request (data, holdout, model, hyperparameters, provider) whose job was submitted and has
+        not finished is followed, not submitted again (a :class:`ReattachedWarning` names the job);
+        ``resubmit=True`` submits a new job anyway. A succeeded job of the same request is returned only
+        with ``reuse=True``; otherwise a finished request is trained again.
         """
-        self.check_sunset()
         train, held, report = self._prepare(data, holdout, seed, stratify)
+        earlier = None if resubmit else self._earlier_job(train, held, reuse)
+        if earlier is not None:
+            job = self.job = Job(self.provider, earlier, self.ledger, self.poll_interval)
+            if not wait:
+                return job
+            if not earlier.status.terminal:
+                with JobDisplay(enabled=self.show_progress) as display:
+                    job.wait(on_update=display)
+            return job.result()
+        self.check_sunset()
         self._require_key()
         estimate = self._preflight(report)
         self._guard(estimate)
@@ -195,12 +218,24 @@ class Tuner:
                     job = self._submit(submission.intent_id, train, held, report, display)
             finally:  # submitted, refused or interrupted: another process may reconcile it from now on
                 self.ledger.release_claim(submission.intent_id)
+            self.job = job
             if not wait:
                 return job
             job.wait(on_update=display)
         return job.result()
 
     # -- helpers ----------------------------------------------------------------------------------------
+    def _earlier_job(self, train: list[Example], held: list[Example], reuse: bool) -> JobRecord | None:
+        """The job already submitted for this same request that this fit should follow, if any."""
+        earlier = self.ledger.submitted_job(self.provider_name, self._fingerprint(train, held))
+        if earlier is None or (earlier.status.terminal and not (reuse and earlier.status is JobStatus.SUCCEEDED)):
+            return None
+        what = "succeeded" if earlier.status.terminal else "is still running"
+        warnings.warn(f"Job {earlier.job_id} on {self.provider_name} was submitted earlier for this same request and "
+                      f"{what}: following it instead of paying for another (resubmit=True / --new submits a "
+                      "new job).", ReattachedWarning, stacklevel=4)
+        return earlier
+
     def _require_key(self) -> None:
         credentials = self.provider.capabilities.credentials
         if credentials and not self.provider.api_key:
