@@ -59,7 +59,12 @@ class ChatEndpoint(Endpoint):
             response = await client.chat.completions.create(
                 model=self.model, messages=[dict(m) for m in messages], **self.request_arguments(params))
         except self._sdk_errors as exc:
-            raise self._to_error(exc) from None
+            error = self._to_error(exc)
+        else:
+            error = None
+        if error is not None:
+            error.__cause__ = error.__context__ = None  # the SDK's exception holds the request and its key
+            raise error
         latency = timed(start)
         usage = Usage(prompt_tokens=getattr(response.usage, "prompt_tokens", 0) or 0,
                       completion_tokens=getattr(response.usage, "completion_tokens", 0) or 0)

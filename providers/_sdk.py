@@ -27,6 +27,14 @@ T = TypeVar("T")
 __all__ = ["SDKOptions", "SDKProvider", "ChatEndpoint", "GenerationParams"]
 
 
+def detached(error: ProviderError) -> ProviderError:
+    """``error`` with no link to the SDK exception it came from: that one holds the request, and the
+    request its ``Authorization`` header, which a traceback or a debugger would show."""
+    error.__cause__ = error.__context__ = None
+    error.__suppress_context__ = True
+    return error
+
+
 class SDKOptions(ProviderOptions):
     """Settings every SDK-backed provider takes."""
 
@@ -107,24 +115,26 @@ class SDKProvider(Provider):
             return Retrier(connection, attempts=self.settings.retry_attempts,
                            max_wait=self.settings.retry_max_wait, sleep=self.sleep).call(fn)
         except (api_error, CassetteMismatch) as exc:  # some SDKs pass a transport's own error through
-            raise self.error(exc, action) from None
+            mapped = self.error(exc, action)
+        raise detached(mapped)
 
     def _create(self, spec: JobSpec, fn: Callable[[], T]) -> T:
         """The paid create: sent once; a lost answer becomes :class:`SubmissionUncertain`."""
         api_error, connection = self.sdk_errors()
+        action = f"create the job for intent {spec.intent_id}"
+        mapped: ProviderError
         try:
             return fn()
         except (*connection, CassetteMismatch) as exc:
-            mapped = self.error(exc, f"create the job for intent {spec.intent_id}")
-            if mapped.__class__ is not ProviderError:  # a replay mismatch is not a lost answer
-                raise mapped from None
-            raise self.error.uncertain(exc, spec.intent_id) from None
+            mapped = self.error(exc, action)
+            if mapped.__class__ is ProviderError:  # no answer (a replay mismatch is not a lost answer)
+                mapped = self.error.uncertain(exc, spec.intent_id)
         except api_error as exc:
             status = status_of(exc) or 0
-            if status in OUTCOME_UNKNOWN or status >= 500:
-                # a gateway timeout or server error may come after the job was made: treat as lost
-                raise self.error.uncertain(exc, spec.intent_id) from None
-            raise self.error(exc, f"create the job for intent {spec.intent_id}") from None
+            # a gateway timeout or server error may come after the job was made: treat as lost
+            lost = status in OUTCOME_UNKNOWN or status >= 500
+            mapped = self.error.uncertain(exc, spec.intent_id) if lost else self.error(exc, action)
+        raise detached(mapped)
 
     # ------------------------------------------------------------------ inference
 

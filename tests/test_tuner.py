@@ -153,3 +153,15 @@ def test_a_budget_cannot_be_kept_when_no_price_is_known_so_fit_stops_before_any_
     with pytest.raises(BudgetExceeded, match="cannot be told"):
         tuner(model="gpt-3.5-turbo-0125", transport=transport, budget_usd=5, epochs=1).fit(SAMPLE)
     assert transport.log == []
+
+
+def test_a_negative_budget_is_a_usage_error():
+    with pytest.raises(ConfigError, match="zero or more"):
+        tuner(budget_usd=-1)
+
+
+def test_stratifying_by_a_key_no_example_has_is_an_error_not_a_silent_unstratified_split():
+    transport = silent("openai")
+    with pytest.raises(ConfigError, match="no_such_key"):
+        tuner(transport=transport, epochs=1).fit(SAMPLE, holdout=0.1, stratify="no_such_key")
+    assert transport.log == []

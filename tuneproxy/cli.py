@@ -372,6 +372,9 @@ def jobs_wait(job_id: str, poll_interval: PollOpt = None, as_json: JsonOpt = Fal
     else:
         console.print(job_table([record]))
     if record.status is not JobStatus.SUCCEEDED:
+        why = record.error or f"it ended as {record.raw_status}"
+        err_console.print(f"[red]Job {record.job_id} {record.status.value}:[/] {escape(why)}", highlight=False,
+                          soft_wrap=True)
         raise typer.Exit(3)
 
 

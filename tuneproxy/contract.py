@@ -31,6 +31,7 @@ from tuneproxy.errors import (
     UnsupportedParameter,
     config_error_from,
     register_secret,
+    register_secret_value,
 )
 
 T = TypeVar("T")
@@ -543,6 +544,8 @@ class Provider(ABC):
         self.options = (options if isinstance(options, self.Options)
                         else self.Options.parse(options, backend=self.CAPABILITIES.display_name))
         self.api_key = api_key
+        if api_key:
+            register_secret_value(api_key)
         self.transport = transport
         self.clock = clock
         self.sleep = sleep

@@ -24,6 +24,16 @@ _SECRET_PATTERNS = [
 ]
 
 
+# Keys handed to providers directly (not through the environment): scrubbed by value too.
+_SECRET_VALUES: set[str] = set()
+
+
+def register_secret_value(value: str) -> None:
+    """Scrub this exact key from every message from now on (a key given as ``api_key=``)."""
+    if len(value) >= 8:
+        _SECRET_VALUES.add(value)
+
+
 def register_secret(env_var: str, key_pattern: str | None = None) -> None:
     """Scrub the value of ``env_var``, and anything shaped like ``key_pattern``, from every message."""
     KEY_VARIABLES.add(env_var)
@@ -34,9 +44,9 @@ def register_secret(env_var: str, key_pattern: str | None = None) -> None:
 def redact(text: str) -> str:
     """Replace API keys (by shape, and the environment's own key values), bearer tokens and the
     signatures of presigned URLs with ``REDACTED``."""
-    for variable in sorted(KEY_VARIABLES):
-        value = os.environ.get(variable)
-        if value and len(value) >= 8:
+    values = {os.environ.get(variable) or "" for variable in KEY_VARIABLES} | _SECRET_VALUES
+    for value in sorted(values, key=len, reverse=True):
+        if len(value) >= 8:
             text = text.replace(value, "REDACTED")
     for pattern in _SECRET_PATTERNS:
         replacement = (lambda m: m.group(1) + "REDACTED") if pattern.groups else "REDACTED"
@@ -174,6 +184,10 @@ class BudgetExceeded(TuneproxyError):
 
 class ProviderSunset(ProviderError):
     """The provider no longer accepts new jobs of this kind."""
+
+
+class LedgerUnusable(ConfigError):
+    """The ledger file cannot be used as it is (damaged, someone else's database, read-only, too new)."""
 
 
 class JobNotFound(TuneproxyError):

@@ -29,8 +29,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from tuneproxy.contract import Clock, CostEstimate, Deployment, JobEvent, JobRecord, QuantityKind, utc_now
-from tuneproxy.errors import JobNotFound, TuneproxyError
-from tuneproxy.paths import home
+from tuneproxy.errors import JobNotFound, LedgerUnusable, TuneproxyError, redact
+from tuneproxy.paths import home, private_folder
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -233,14 +233,31 @@ class Ledger:
         # who claims intents through this ledger: this machine, this process, this ledger
         self.owner = f"{socket.gethostname()}@{os.getpid()}:{secrets.token_hex(4)}"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(self.path.parent)
+            new = not self.path.exists()
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            if new:
+                os.chmod(self.path, 0o600)  # submissions and costs are the team's business only
             self.db.row_factory = sqlite3.Row
+            self._check_ours()
             self._use_wal()
         except (OSError, sqlite3.Error) as exc:
-            raise TuneproxyError(f"Cannot open the ledger at {self.path} ({exc}); set TUNEPROXY_HOME to a "
+            raise LedgerUnusable(f"Cannot use the ledger at {self.path} ({exc}). If the file is damaged, move it "
+                                 "aside (tuneproxy then starts a new one); otherwise set TUNEPROXY_HOME to a "
                                  "writable folder.") from None
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerUnusable(f"The ledger at {self.path} is damaged ({exc}); it was left as it is. Move it "
+                                 "aside to start a new one (its jobs stay at their services).") from None
+
+    def _check_ours(self) -> None:
+        """Refuse a SQLite file that holds someone else's tables (never add ours to it)."""
+        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if self.version == 0 and tables - {"sqlite_sequence"}:
+            raise LedgerUnusable(f"{self.path} is a database tuneproxy did not make (it holds "
+                                 f"{', '.join(sorted(tables)[:5])}); it was left as it is. Set TUNEPROXY_HOME to "
+                                 "another folder.")
 
     def _use_wal(self, patience_s: float = 30.0) -> None:
         # Switching a new file to WAL needs it to itself, and SQLite answers "locked" at once instead of
@@ -276,7 +293,7 @@ class Ledger:
             with self._transaction():
                 current = self.version
                 if current > len(MIGRATIONS):
-                    raise TuneproxyError(f"The ledger at {self.path} is schema {current}, newer than this "
+                    raise LedgerUnusable(f"The ledger at {self.path} is schema {current}, newer than this "
                                          f"tuneproxy understands ({len(MIGRATIONS)}); upgrade tuneproxy.")
                 if current == len(MIGRATIONS):
                     return
@@ -410,7 +427,7 @@ class Ledger:
                         error: str | None = None) -> None:
         """Record what became of a submission: submitted (with its job id), uncertain, failed or refused."""
         self.db.execute("UPDATE submissions SET state = ?, job_id = COALESCE(?, job_id), error = ? "
-                        "WHERE intent_id = ?", (state, job_id, error, intent_id))
+                        "WHERE intent_id = ?", (state, job_id, redact(error) if error else None, intent_id))
 
     def submitted_job(self, provider: str, fingerprint: str) -> JobRecord | None:
         """The job of the newest submission of this request that reached the service (its last saved
@@ -436,7 +453,10 @@ class Ledger:
 
     # -- jobs -----------------------------------------------------------------------------------------
     def save_job(self, record: JobRecord) -> None:
-        """Insert or update a job's latest state."""
+        """Insert or update a job's latest state (a service's failure message is stored with any key it
+        echoed removed)."""
+        if record.error:
+            record = record.model_copy(update={"error": redact(record.error)})
         self.db.execute(
             """INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (provider, job_id) DO UPDATE SET
@@ -478,8 +498,8 @@ class Ledger:
         before = self.db.total_changes
         self.db.executemany(
             "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(provider, job_id, e.id, e.time.isoformat(), e.level, e.message, e.step, e.epoch, e.train_loss,
-              e.valid_loss) for e in events],
+            [(provider, job_id, e.id, e.time.isoformat(), e.level, redact(e.message), e.step, e.epoch,
+              e.train_loss, e.valid_loss) for e in events],
         )
         return self.db.total_changes - before
 

@@ -12,4 +12,13 @@ def home() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".tuneproxy"
 
 
-__all__ = ["home"]
+def private_folder(path: Path) -> Path:
+    """Create ``path`` (and its parents) readable by this user only (0700) if it does not exist yet; an
+    existing folder keeps the permissions its owner gave it."""
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask
+    return path
+
+
+__all__ = ["home", "private_folder"]

@@ -106,6 +106,8 @@ class Tuner:
             self.hyperparameters = Hyperparameters(**hyperparameters)
         except ValidationError as exc:
             raise config_error_from(exc, "Invalid hyperparameter") from None
+        if budget_usd is not None and budget_usd < 0:
+            raise ConfigError(f"The budget must be zero or more USD, not {budget_usd}.")
         self.provider_name = provider
         self.model = model
         self.budget_usd = budget_usd

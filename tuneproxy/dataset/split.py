@@ -46,6 +46,9 @@ def split_holdout(examples: Sequence[Example], size: float | int = 0.2, *, seed:
 
 
 def _stratified(examples: Sequence[Example], count: int, rng: random.Random, key: str) -> set[int]:
+    if not any(key in ex.metadata for ex in examples):
+        raise ConfigError(f"No example has the metadata key {key!r} to stratify the holdout by; check the key "
+                          "(it is looked up in each example's \"metadata\"), or split without stratify.")
     groups: dict[str, list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
         groups[str(ex.metadata.get(key, "<none>"))].append(i)
