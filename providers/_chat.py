@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tuneproxy.contract import Completion, Endpoint, GenerationParams, Message, Usage, timed
-from tuneproxy.errors import ProviderError
+from tuneproxy.errors import ProviderError, UnreadableAnswer
 
 
 class ChatEndpoint(Endpoint):
@@ -22,8 +22,9 @@ class ChatEndpoint(Endpoint):
 
     def __init__(self, model: str, client_factory: Callable[[], Any], *,
                  to_error: Callable[[BaseException], ProviderError], sdk_errors: tuple[type[BaseException], ...],
-                 price: Callable[[Usage], float | None] | None = None) -> None:
+                 price: Callable[[Usage], float | None] | None = None, provider: str = "") -> None:
         self.model = model
+        self.provider = provider
         self._factory = client_factory
         self._to_error = to_error
         self._sdk_errors = sdk_errors
@@ -60,8 +61,13 @@ class ChatEndpoint(Endpoint):
                 model=self.model, messages=[dict(m) for m in messages], **self.request_arguments(params))
         except self._sdk_errors as exc:
             error = self._to_error(exc)
+        except (ValueError, AttributeError, TypeError, KeyError) as exc:  # an answer the SDK cannot parse
+            error = UnreadableAnswer(f"The answer to a completion with {self.model} was not what the API sends "
+                                     f"({type(exc).__name__}); try again in a few minutes.", provider=self.provider)
         else:
-            error = None
+            error = None if not isinstance(response, (str, bytes)) else UnreadableAnswer(
+                f"The answer to a completion with {self.model} was text, not JSON; try again in a few minutes.",
+                provider=self.provider)
         if error is not None:
             error.__cause__ = error.__context__ = None  # the SDK's exception holds the request and its key
             raise error

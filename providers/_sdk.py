@@ -13,16 +13,28 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
+import httpx
+import httpx2
 from pydantic import Field
 
 from tuneproxy.contract import GenerationParams, JobSpec, Provider, ProviderOptions, Quantity, Usage
-from tuneproxy.errors import MissingCredentials, ProviderError
+from tuneproxy.errors import (
+    MissingCredentials,
+    ProviderError,
+    ServiceUnreachable,
+    TuneproxyError,
+    UnreadableAnswer,
+    redact,
+)
 from tuneproxy.recording import CassetteMismatch
 
 from ._chat import ChatEndpoint
 from ._http import OUTCOME_UNKNOWN, ErrorMapper, Retrier, http_clients, status_of
 
 T = TypeVar("T")
+
+# Transport errors of both HTTP libraries: an SDK lets them through where it talks HTTP outside its client.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, httpx2.TransportError)
 
 __all__ = ["SDKOptions", "SDKProvider", "ChatEndpoint", "GenerationParams"]
 
@@ -105,15 +117,46 @@ class SDKProvider(Provider):
         return ErrorMapper(provider=self.name, display=caps.display_name, env_key=caps.env_key or "",
                            api_key=self.api_key, request_id_headers=self.REQUEST_ID_HEADERS)
 
+    def _guarded(self, action: str, fn: Callable[[], T]) -> Callable[[], T]:
+        """``fn`` with what an SDK lets through turned into tuneproxy errors: an answer it cannot read (an
+        HTML page, cut-off JSON: the SDK hands back text or fails parsing) → :class:`UnreadableAnswer`; a
+        transport error outside its own error types (Together's presigned-URL upload) →
+        :class:`ServiceUnreachable`. Both are transient for a read and "outcome unknown" for a create."""
+        api_error, _ = self.sdk_errors()
+        display = self.capabilities.display_name
+
+        def call() -> T:
+            try:
+                result = fn()
+            except (api_error, CassetteMismatch, TuneproxyError):
+                raise
+            except TRANSPORT_ERRORS as exc:
+                raise ServiceUnreachable(f"Could not reach {display} to {action} ({type(exc).__name__}: "
+                                         f"{redact(str(exc))}). Check the network and try again.",
+                                         provider=self.name) from None
+            except (ValueError, AttributeError, TypeError, KeyError, AssertionError) as exc:
+                raise self._unreadable(action, f"{type(exc).__name__}: {exc}") from None
+            if isinstance(result, (str, bytes)):
+                raise self._unreadable(action, f"text instead of JSON: {str(result)[:80]!r}")
+            return result
+
+        return call
+
+    def _unreadable(self, action: str, what: str) -> UnreadableAnswer:
+        return UnreadableAnswer(f"{self.capabilities.display_name} answered the request to {action} with something "
+                                f"its API does not send ({redact(what)}); it may be having trouble. Try again "
+                                "in a few minutes.", provider=self.name)
+
     def _call(self, action: str, fn: Callable[[], T], *, retry: bool) -> T:
-        """One call to the service. ``retry``: an idempotent read, retried on transient failures; else
-        sent once. Every SDK error leaves mapped."""
+        """One call to the service. ``retry``: an idempotent read, retried on transient failures (an
+        unreadable answer included); else sent once. Every SDK error leaves mapped."""
         api_error, connection = self.sdk_errors()
+        guarded = self._guarded(action, fn)
         try:
             if not retry:
-                return fn()
-            return Retrier(connection, attempts=self.settings.retry_attempts,
-                           max_wait=self.settings.retry_max_wait, sleep=self.sleep).call(fn)
+                return guarded()
+            return Retrier((*connection, UnreadableAnswer, ServiceUnreachable), attempts=self.settings.retry_attempts,
+                           max_wait=self.settings.retry_max_wait, sleep=self.sleep).call(guarded)
         except (api_error, CassetteMismatch) as exc:  # some SDKs pass a transport's own error through
             mapped = self.error(exc, action)
         raise detached(mapped)
@@ -124,7 +167,9 @@ class SDKProvider(Provider):
         action = f"create the job for intent {spec.intent_id}"
         mapped: ProviderError
         try:
-            return fn()
+            return self._guarded(action, fn)()
+        except (UnreadableAnswer, ServiceUnreachable) as exc:  # it may have made the job: find it first
+            mapped = self.error.uncertain(exc, spec.intent_id)
         except (*connection, CassetteMismatch) as exc:
             mapped = self.error(exc, action)
             if mapped.__class__ is ProviderError:  # no answer (a replay mismatch is not a lost answer)
@@ -147,7 +192,7 @@ class SDKProvider(Provider):
         endpoint = ChatEndpoint(model, lambda: self.make_client(asynchronous=True),
                                 to_error=lambda exc: self.error(exc, f"generate with {model}"),
                                 sdk_errors=(api_error, CassetteMismatch, *errors),
-                                price=self._usage_price(model) if priced else None)
+                                price=self._usage_price(model) if priced else None, provider=self.name)
         # rate-limit waits go through the provider's one sleep, off the event loop
         endpoint.sleep = lambda seconds: asyncio.to_thread(self.sleep, seconds)  # type: ignore[method-assign]
         return endpoint

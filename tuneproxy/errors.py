@@ -158,6 +158,14 @@ class RateLimited(ProviderError):
         self.retry_after = retry_after
 
 
+class UnreadableAnswer(ProviderError):
+    """The service answered with something that is not what its API sends (an HTML page, cut-off JSON)."""
+
+
+class ServiceUnreachable(ProviderError):
+    """The request never got an answer (a dropped connection, a timeout)."""
+
+
 class NotFound(ProviderError):
     """The service has no such job, file, model or deployment (HTTP 404)."""
 
