@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,7 +101,8 @@ def tiktoken_encoding(name: str):
                 "tuneproxy (`pip install --force-reinstall quicktok-v1`)."
             )
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
+        # a name of its own: two processes building the cache at once must not write one temporary file
+        tmp = cached.with_suffix(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         tmp.write_bytes(data)
         tmp.replace(cached)
     with _tiktoken_cache(folder):

@@ -34,6 +34,9 @@ def check_path(path: Path) -> None:
         raise DataFileUnreadable(f"{path}: no such file. Check the path, or create the file first.")
     if path.is_dir():
         raise DataFileUnreadable(f"{path} is a directory; give the path of a .jsonl file inside it.")
+    if not path.is_file():  # a FIFO, socket or device would block or never end
+        raise DataFileUnreadable(f"{path} is not a regular file (a pipe or a device?); save the data to a "
+                                 ".jsonl file and give its path.")
     try:
         with path.open("rb"):
             pass
@@ -179,7 +182,7 @@ def _parse(text: str, number: int, complete: bool, findings: Findings) -> dict[s
 def _explain(text: str, number: int, complete: bool, findings: Findings) -> Any:
     """The stdlib decoder, only for lines orjson rejected: it tells NaN from broken JSON, with columns."""
     try:
-        return _decoder.decode(text)
+        value = _decoder.decode(text)
     except json.JSONDecodeError as exc:
         if not complete:
             findings.add(finding("truncated-last-line", number, "", "The last line ends mid-object (the file "
@@ -192,6 +195,14 @@ def _explain(text: str, number: int, complete: bool, findings: Findings) -> Any:
         findings.add(finding("non-finite-number", number, "", f"{exc}: replace NaN/Infinity with a number "
                              "or null."))
         return None
+    except RecursionError:
+        findings.add(finding("invalid-json", number, "", "The line nests arrays or objects too deeply to read. "
+                             "Flatten it to one example object."))
+        return None
+    # what the stdlib accepts and orjson does not: a lone surrogate escape (\ud800), which is not text
+    findings.add(finding("invalid-json", number, "", "The line holds a lone surrogate escape (such as \\ud800), "
+                         "which is not valid text in any encoding. Remove it or escape the full pair."))
+    return None
 
 
 def read_records(records: Iterable[Any], findings: Findings) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -118,7 +118,7 @@ class ExampleChecker:
                                    f"{_describe(msg)}."))
                 continue
             role = msg.get("role")
-            if role not in rules.roles:
+            if not isinstance(role, str) or role not in rules.roles:
                 out.append(finding("role-invalid", line, f"{path}.role", f"Role {role!r} is not accepted; use "
                                    f"one of {', '.join(sorted(rules.roles))}."))
                 continue
