@@ -199,10 +199,15 @@ def _explain(text: str, number: int, complete: bool, findings: Findings) -> Any:
         findings.add(finding("invalid-json", number, "", "The line nests arrays or objects too deeply to read. "
                              "Flatten it to one example object."))
         return None
-    # what the stdlib accepts and orjson does not: a lone surrogate escape (\ud800), which is not text
-    findings.add(finding("invalid-json", number, "", "The line holds a lone surrogate escape (such as \\ud800), "
-                         "which is not valid text in any encoding. Remove it or escape the full pair."))
-    return None
+    try:  # what the stdlib accepts and orjson does not: integers past 64 bits (fine), or a lone surrogate
+        orjson.dumps(value)
+    except TypeError as exc:  # ...escape (\ud800), which is not text in any encoding
+        if "surrogate" not in str(exc):
+            return value
+        findings.add(finding("invalid-json", number, "", "The line holds a lone surrogate escape (such as "
+                             "\\ud800), which is not valid text in any encoding. Remove it or escape the full pair."))
+        return None
+    return value
 
 
 def read_records(records: Iterable[Any], findings: Findings) -> Iterator[tuple[int, dict[str, Any]]]:
