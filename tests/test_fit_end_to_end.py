@@ -16,6 +16,7 @@ from tuneproxy.recording import (
     Cassette,
     LostResponseTransport,
     ReplayTransport,
+    _library,
     build_response,
     capture_request,
     cassette_path,
@@ -339,3 +340,21 @@ def test_ctrl_c_while_following_says_the_job_keeps_running_and_how_to_follow_it(
     job_id = Ledger().jobs()[0].job_id
     assert exit_info.value.code == 130
     assert f"Job {job_id} keeps running" in err and f"tuneproxy jobs wait {job_id}" in err
+
+
+def test_losing_the_service_while_following_names_the_job_and_how_to_pick_it_up():
+    class OutageAfterCreate(ReplayTransport):
+        def _exchange(self, request):
+            if request.method == "GET" and self.requests("POST", CREATE["openai"]):
+                raise _library(request).ConnectError("network is unreachable", request=request)
+            return super()._exchange(request)
+
+    transport = OutageAfterCreate(cassette_path("openai", "fit_happy_path"))
+    tuner = Tuner("openai", MODELS["openai"], epochs=3, batch_size=8, seed=42, suffix="support-bot",
+                  poll_interval=0, show_progress=False, api_key="test-key", clock=before_the_sunset,
+                  transport=transport, sleep=lambda seconds: None)
+    with pytest.raises(ProviderError) as caught:
+        tuner.fit(SAMPLE, holdout=0.1)
+    job_id = Ledger().jobs()[0].job_id
+    assert f"`tuneproxy jobs wait {job_id}`" in str(caught.value) and "keeps running" in str(caught.value)
+    assert len(transport.requests("POST", CREATE["openai"])) == 1

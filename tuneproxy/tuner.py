@@ -201,7 +201,7 @@ class Tuner:
                 return job
             if not earlier.status.terminal:
                 with JobDisplay(enabled=self.show_progress) as display:
-                    job.wait(on_update=display)
+                    self._follow(job, display)
             return job.result()
         self.check_sunset()
         self._require_key()
@@ -223,8 +223,17 @@ class Tuner:
             self.job = job
             if not wait:
                 return job
-            job.wait(on_update=display)
+            self._follow(job, display)
         return job.result()
+
+    def _follow(self, job: Job, display: JobDisplay) -> None:
+        """Wait for the job; a failure to follow it says the job itself goes on, and how to pick it up."""
+        try:
+            job.wait(on_update=display)
+        except ProviderError as exc:
+            exc.args = (f"{exc} Job {job.id} keeps running on {self.provider_name}: follow it with "
+                        f"`tuneproxy jobs wait {job.id}`.",)
+            raise
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _earlier_job(self, train: list[Example], held: list[Example], reuse: bool) -> JobRecord | None:
