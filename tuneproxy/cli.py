@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tuneproxy.errors import TuneproxyError, redact
+from tuneproxy.errors import ConfigError, TuneproxyError, redact
 
 app = typer.Typer(
     name="tuneproxy",
@@ -443,7 +443,7 @@ def _deployment_provider(deployment_id: str) -> tuple[Any, Any, Any]:
     deployment = ledger.deployment(deployment_id)
     provider = registry.create(deployment.provider)
     if not isinstance(provider, Deployable):
-        raise TuneproxyError(f"{deployment.provider} has no deployments to manage.")
+        raise ConfigError(f"{deployment.provider} has no deployments to manage.")
     return ledger, deployment, provider
 
 
