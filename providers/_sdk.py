@@ -128,8 +128,10 @@ class SDKProvider(Provider):
         def call() -> T:
             try:
                 result = fn()
-            except (api_error, CassetteMismatch, TuneproxyError):
+            except (api_error, TuneproxyError):
                 raise
+            except CassetteMismatch as exc:  # a replay's transport error the SDK let through
+                raise self.error(exc, action) from None
             except TRANSPORT_ERRORS as exc:
                 raise ServiceUnreachable(f"Could not reach {display} to {action} ({type(exc).__name__}: "
                                          f"{redact(str(exc))}). Check the network and try again.",
@@ -157,7 +159,7 @@ class SDKProvider(Provider):
                 return guarded()
             return Retrier((*connection, UnreadableAnswer, ServiceUnreachable), attempts=self.settings.retry_attempts,
                            max_wait=self.settings.retry_max_wait, sleep=self.sleep).call(guarded)
-        except (api_error, CassetteMismatch) as exc:  # some SDKs pass a transport's own error through
+        except api_error as exc:
             mapped = self.error(exc, action)
         raise detached(mapped)
 
@@ -170,7 +172,7 @@ class SDKProvider(Provider):
             return self._guarded(action, fn)()
         except (UnreadableAnswer, ServiceUnreachable) as exc:  # it may have made the job: find it first
             mapped = self.error.uncertain(exc, spec.intent_id)
-        except (*connection, CassetteMismatch) as exc:
+        except connection as exc:
             mapped = self.error(exc, action)
             if mapped.__class__ is ProviderError:  # no answer (a replay mismatch is not a lost answer)
                 mapped = self.error.uncertain(exc, spec.intent_id)
@@ -191,7 +193,7 @@ class SDKProvider(Provider):
         api_error, _ = self.sdk_errors()
         endpoint = ChatEndpoint(model, lambda: self.make_client(asynchronous=True),
                                 to_error=lambda exc: self.error(exc, f"generate with {model}"),
-                                sdk_errors=(api_error, CassetteMismatch, *errors),
+                                sdk_errors=(api_error, *errors),
                                 price=self._usage_price(model) if priced else None, provider=self.name)
         # rate-limit waits go through the provider's one sleep, off the event loop
         endpoint.sleep = lambda seconds: asyncio.to_thread(self.sleep, seconds)  # type: ignore[method-assign]

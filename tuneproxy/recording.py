@@ -190,8 +190,11 @@ def cassette_path(provider: str, scenario: str) -> Path:
     return root / provider / f"{scenario}.json"
 
 
-class CassetteMismatch(AssertionError):
-    """The client sent a request the cassette does not expect (or left some unplayed)."""
+class CassetteMismatch(AssertionError, httpx2.TransportError, httpx.TransportError):
+    """The client sent a request the cassette does not expect (or left some unplayed).
+
+    An assertion for tests, and a transport error of both HTTP libraries, so every SDK wraps it the way it
+    wraps a failed request (openai only wraps httpx2's own errors) and tuneproxy maps it in one place."""
 
 
 # --------------------------------------------------------------------------- capturing requests
