@@ -56,21 +56,7 @@ class ChatEndpoint(Endpoint):
     async def _generate(self, messages: Sequence[Message], params: GenerationParams) -> Completion:
         client = self._client_for_loop()
         start = time.perf_counter()
-        try:
-            response = await client.chat.completions.create(
-                model=self.model, messages=[dict(m) for m in messages], **self.request_arguments(params))
-        except self._sdk_errors as exc:
-            error = self._to_error(exc)
-        except (ValueError, AttributeError, TypeError, KeyError) as exc:  # an answer the SDK cannot parse
-            error = UnreadableAnswer(f"The answer to a completion with {self.model} was not what the API sends "
-                                     f"({type(exc).__name__}); try again in a few minutes.", provider=self.provider)
-        else:
-            error = None if not isinstance(response, (str, bytes)) else UnreadableAnswer(
-                f"The answer to a completion with {self.model} was text, not JSON; try again in a few minutes.",
-                provider=self.provider)
-        if error is not None:
-            error.__cause__ = error.__context__ = None  # the SDK's exception holds the request and its key
-            raise error
+        response = await self._request(client, messages, params)
         latency = timed(start)
         usage = Usage(prompt_tokens=getattr(response.usage, "prompt_tokens", 0) or 0,
                       completion_tokens=getattr(response.usage, "completion_tokens", 0) or 0)
@@ -80,6 +66,27 @@ class ChatEndpoint(Endpoint):
             finish_reason=str(getattr(choice, "finish_reason", None) or "unknown"),
             usage=usage, latency_s=latency, cost_usd=self._price(usage) if self._price else None,
         )
+
+    async def _request(self, client: Any, messages: Sequence[Message], params: GenerationParams) -> Any:
+        """The SDK's answer; its errors, and an answer it cannot read, leave as tuneproxy errors (raised
+        outside the ``except``: the SDK's exception holds the request and its key)."""
+        error: ProviderError
+        try:
+            response = await client.chat.completions.create(
+                model=self.model, messages=[dict(m) for m in messages], **self.request_arguments(params))
+        except self._sdk_errors as exc:
+            error = self._to_error(exc)
+        except (ValueError, AttributeError, TypeError, KeyError) as exc:  # an answer the SDK cannot parse
+            error = self._unreadable(type(exc).__name__)
+        else:
+            if not isinstance(response, (str, bytes)):
+                return response
+            error = self._unreadable("text, not JSON")
+        raise error
+
+    def _unreadable(self, what: str) -> UnreadableAnswer:
+        return UnreadableAnswer(f"The answer to a completion with {self.model} was not what the API sends ({what}); "
+                                "try again in a few minutes.", provider=self.provider)
 
     async def aclose(self) -> None:
         """Close the async client of the running loop (its connections belong to that loop)."""

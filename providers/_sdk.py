@@ -39,14 +39,6 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, httpx
 __all__ = ["SDKOptions", "SDKProvider", "ChatEndpoint", "GenerationParams"]
 
 
-def detached(error: ProviderError) -> ProviderError:
-    """``error`` with no link to the SDK exception it came from: that one holds the request, and the
-    request its ``Authorization`` header, which a traceback or a debugger would show."""
-    error.__cause__ = error.__context__ = None
-    error.__suppress_context__ = True
-    return error
-
-
 class SDKOptions(ProviderOptions):
     """Settings every SDK-backed provider takes."""
 
@@ -126,21 +118,24 @@ class SDKProvider(Provider):
         display = self.capabilities.display_name
 
         def call() -> T:
+            error: ProviderError
             try:
                 result = fn()
             except (api_error, TuneproxyError):
                 raise
             except CassetteMismatch as exc:  # a replay's transport error the SDK let through
-                raise self.error(exc, action) from None
+                error = self.error(exc, action)
             except TRANSPORT_ERRORS as exc:
-                raise ServiceUnreachable(f"Could not reach {display} to {action} ({type(exc).__name__}: "
-                                         f"{redact(str(exc))}). Check the network and try again.",
-                                         provider=self.name) from None
+                error = ServiceUnreachable(f"Could not reach {display} to {action} ({type(exc).__name__}: "
+                                           f"{redact(str(exc))}). Check the network and try again.",
+                                           provider=self.name)
             except (ValueError, AttributeError, TypeError, KeyError, AssertionError) as exc:
-                raise self._unreadable(action, f"{type(exc).__name__}: {exc}") from None
-            if isinstance(result, (str, bytes)):
-                raise self._unreadable(action, f"text instead of JSON: {str(result)[:80]!r}")
-            return result
+                error = self._unreadable(action, f"{type(exc).__name__}: {exc}")
+            else:
+                if not isinstance(result, (str, bytes)):
+                    return result
+                error = self._unreadable(action, f"text instead of JSON: {str(result)[:80]!r}")
+            raise error  # outside the except: no link to the SDK's exception, which holds the request
 
         return call
 
@@ -161,7 +156,7 @@ class SDKProvider(Provider):
                            max_wait=self.settings.retry_max_wait, sleep=self.sleep).call(guarded)
         except api_error as exc:
             mapped = self.error(exc, action)
-        raise detached(mapped)
+        raise mapped  # outside the except: no link to the SDK's exception, which holds the request
 
     def _create(self, spec: JobSpec, fn: Callable[[], T]) -> T:
         """The paid create: sent once; a lost answer becomes :class:`SubmissionUncertain`."""
@@ -181,7 +176,7 @@ class SDKProvider(Provider):
             # a gateway timeout or server error may come after the job was made: treat as lost
             lost = status in OUTCOME_UNKNOWN or status >= 500
             mapped = self.error.uncertain(exc, spec.intent_id) if lost else self.error(exc, action)
-        raise detached(mapped)
+        raise mapped  # outside the except: no link to the SDK's exception, which holds the request
 
     # ------------------------------------------------------------------ inference
 

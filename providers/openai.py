@@ -150,11 +150,12 @@ class OpenAIProvider(SDKProvider):
 
     def submit(self, spec: JobSpec) -> JobRecord:
         """Create the job, tagged with the intent id in its metadata. Sent exactly once."""
-        given = self.translate(spec.hyperparameters)
+        method = self.method_for(spec)  # checks every given hyperparameter against OpenAI's limits
+        given = spec.hyperparameters.given()
         kwargs: dict[str, Any] = {
             "model": spec.model,
             "training_file": spec.training_file,
-            "method": self.method_for(spec),
+            "method": method,
             "metadata": {INTENT_KEY: spec.intent_id},
         }
         if spec.validation_file:

@@ -187,8 +187,8 @@ class TogetherProvider(SDKProvider):
     def create_arguments(self, spec: JobSpec) -> dict[str, Any]:
         """The keyword arguments for ``fine_tuning.create``: what was given, the intent tag, and with a
         validation file the number of evaluations (without one Together never evaluates it)."""
-        given = self.translate(spec.hyperparameters)
         kwargs = self.wire_parameters(spec.hyperparameters)
+        given = spec.hyperparameters.given()
         if any(key.startswith("lora_") for key in given):
             kwargs["lora"] = True  # without it the SDK drops lora_r/lora_alpha/lora_dropout silently
         kwargs.update(

@@ -8,45 +8,32 @@ import sys
 
 import pytest
 
-from tests.conftest import FIXTURES
+from tests.fit_helpers import CREATE, MODELS, SAMPLE, before_the_sunset, make_tuner
 from tuneproxy import Job, JobStatus, Ledger, TunedModel, Tuner, cli
 from tuneproxy.errors import JobFailed, ProviderError
-from tuneproxy.prices import load_catalogue
 from tuneproxy.recording import (
     Cassette,
     LostResponseTransport,
     ReplayTransport,
-    _library,
+    library_of,
     build_response,
     capture_request,
     cassette_path,
 )
 
-SAMPLE = FIXTURES / "datasets" / "sample.jsonl"
-MODELS = {"openai": "gpt-4o-mini-2024-07-18", "together": "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"}
-CREATE = {"openai": "/v1/fine_tuning/jobs", "together": "/v1/fine-tunes"}
 QUESTION = [{"role": "user", "content": "Ticket: I was charged twice"}]
 
 
 # What each service's bill is: Together states it (total_price, nano-dollars); OpenAI reports the billed
-# tokens, which the core prices with the catalogue's training price for the model.
+# tokens, which the core prices at gpt-4o-mini's training price, $3.00 per 1M (the reference's table, §4).
 BILLS = {
-    "openai": lambda job: job.trained_tokens * load_catalogue().match("openai", job.base_model, "training").usd / 1e6,
+    "openai": lambda job: job.trained_tokens * 3.00 / 1e6,
     "together": lambda job: job.billed_usd,
 }
 pytestmark = [pytest.mark.filterwarnings("ignore::tuneproxy.tuner.SunsetWarning"),
               pytest.mark.filterwarnings("ignore::tuneproxy.tuner.DatasetWarning")]
 
 
-def before_the_sunset() -> dt.datetime:
-    return dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc)
-
-
-def make_tuner(provider: str, transport) -> Tuner:
-    """The one fit() call of these tests; only ``provider`` (and its model) changes."""
-    return Tuner(provider, MODELS[provider], epochs=3, batch_size=8, seed=42, suffix="support-bot",
-                 poll_interval=0, show_progress=False, api_key="test-key", clock=before_the_sunset,
-                 transport=transport)
 
 
 @pytest.mark.parametrize("provider", ["openai", "together"])
@@ -346,15 +333,12 @@ def test_losing_the_service_while_following_names_the_job_and_how_to_pick_it_up(
     class OutageAfterCreate(ReplayTransport):
         def _exchange(self, request):
             if request.method == "GET" and self.requests("POST", CREATE["openai"]):
-                raise _library(request).ConnectError("network is unreachable", request=request)
+                raise library_of(request).ConnectError("network is unreachable", request=request)
             return super()._exchange(request)
 
     transport = OutageAfterCreate(cassette_path("openai", "fit_happy_path"))
-    tuner = Tuner("openai", MODELS["openai"], epochs=3, batch_size=8, seed=42, suffix="support-bot",
-                  poll_interval=0, show_progress=False, api_key="test-key", clock=before_the_sunset,
-                  transport=transport, sleep=lambda seconds: None)
     with pytest.raises(ProviderError) as caught:
-        tuner.fit(SAMPLE, holdout=0.1)
+        make_tuner("openai", transport, sleep=lambda seconds: None).fit(SAMPLE, holdout=0.1)
     job_id = Ledger().jobs()[0].job_id
     assert f"`tuneproxy jobs wait {job_id}`" in str(caught.value) and "keeps running" in str(caught.value)
     assert len(transport.requests("POST", CREATE["openai"])) == 1

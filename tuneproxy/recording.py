@@ -200,7 +200,7 @@ class CassetteMismatch(AssertionError, httpx2.TransportError, httpx.TransportErr
 # --------------------------------------------------------------------------- capturing requests
 
 
-def _library(message: Any) -> ModuleType:
+def library_of(message: Any) -> ModuleType:
     """``httpx`` or ``httpx2``: whichever library built this request or response."""
     return importlib.import_module(type(message).__module__.partition(".")[0])
 
@@ -403,7 +403,7 @@ class ReplayTransport(_DualTransport):
 
 def build_response(request: Any, recorded: RecordedResponse) -> Any:
     """A response of the request's own library (httpx or httpx2) carrying ``recorded``."""
-    lib = _library(request)
+    lib = library_of(request)
     return lib.Response(recorded.status, headers=recorded.headers, content=recorded.content(),
                         request=request)
 
@@ -437,14 +437,14 @@ class RecordingTransport(_DualTransport):
 
     def _exchange(self, request: Any) -> Any:
         if self.inner is None:
-            self.inner = _library(request).HTTPTransport()
+            self.inner = library_of(request).HTTPTransport()
         response = self.inner.handle_request(request)
         response.read()
         return self._keep(request, response)
 
     async def _aexchange(self, request: Any) -> Any:
         if self.async_inner is None:
-            self.async_inner = _library(request).AsyncHTTPTransport()
+            self.async_inner = library_of(request).AsyncHTTPTransport()
         response = await self.async_inner.handle_async_request(request)
         await response.aread()
         return self._keep(request, response)
@@ -515,7 +515,7 @@ class LostResponseTransport(_DualTransport):
     def _lose(self, request: Any, response: Any) -> Any:
         if self._should_lose(request):
             response.close()
-            raise _library(request).ReadTimeout("injected: the response was lost", request=request)
+            raise library_of(request).ReadTimeout("injected: the response was lost", request=request)
         return response
 
     def assert_all_played(self) -> None:

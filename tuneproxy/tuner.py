@@ -194,7 +194,8 @@ class Tuner:
         with ``reuse=True``; otherwise a finished request is trained again.
         """
         train, held, report = self._prepare(data, holdout, seed, stratify)
-        earlier = None if resubmit else self._earlier_job(train, held, reuse)
+        fingerprint = self._fingerprint(train, held)
+        earlier = None if resubmit else self._earlier_job(fingerprint, reuse)
         if earlier is not None:
             job = self.job = Job(self.provider, earlier, self.ledger, self.poll_interval)
             if not wait:
@@ -208,7 +209,7 @@ class Tuner:
         estimate = self._preflight(report)
         self._guard(estimate)
         submission, fresh = self.ledger.claim_intent(
-            self.provider_name, self.model, self._fingerprint(train, held), self._request(data, train, held),
+            self.provider_name, self.model, fingerprint, self._request(data, train, held),
             self.provider.options.stored())
         with JobDisplay(enabled=self.show_progress) as display:
             try:
@@ -236,9 +237,9 @@ class Tuner:
             raise
 
     # -- helpers ----------------------------------------------------------------------------------------
-    def _earlier_job(self, train: list[Example], held: list[Example], reuse: bool) -> JobRecord | None:
+    def _earlier_job(self, fingerprint: str, reuse: bool) -> JobRecord | None:
         """The job already submitted for this same request that this fit should follow, if any."""
-        earlier = self.ledger.submitted_job(self.provider_name, self._fingerprint(train, held))
+        earlier = self.ledger.submitted_job(self.provider_name, fingerprint)
         if earlier is None or (earlier.status.terminal and not (reuse and earlier.status is JobStatus.SUCCEEDED)):
             return None
         what = "succeeded" if earlier.status.terminal else "is still running"

@@ -8,28 +8,23 @@ then serves that same exchange again, as a service that recovered would, so a re
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import pytest
 
-from tests.conftest import FIXTURES
-from tuneproxy import Tuner
+from tests.fit_helpers import CREATE, MODELS, SAMPLE, make_tuner
 from tuneproxy.errors import TuneproxyError
 from tuneproxy.recording import (
     Cassette,
     RecordedResponse,
     ReplayTransport,
     TextBody,
-    _library,
+    library_of,
     build_response,
     capture_request,
     cassette_path,
 )
 
-SAMPLE = FIXTURES / "datasets" / "sample.jsonl"
-MODELS = {"openai": "gpt-4o-mini-2024-07-18", "together": "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"}
-CREATE = {"openai": "/v1/fine_tuning/jobs", "together": "/v1/fine-tunes"}
 FAULTS = ("html page", "cut-off json", "http 500", "connection reset", "read timeout")
 
 
@@ -48,7 +43,7 @@ class FaultAt(ReplayTransport):
             return build_response(request, interaction.response)
         with self._lock:
             self.position -= 1  # the service recovers: the same exchange is served to a retry
-        library = _library(request)
+        library = library_of(request)
         if self.fault == "connection reset":
             raise library.ConnectError("connection reset by peer", request=request)
         if self.fault == "read timeout":
@@ -74,11 +69,13 @@ def _cases() -> list[Any]:
 @pytest.mark.parametrize(("provider", "at", "fault"), _cases())
 def test_a_fault_at_any_step_ends_in_success_or_a_clear_error_and_one_create_at_most(provider, at, fault):
     transport = FaultAt(Cassette.load(cassette_path(provider, "fit_happy_path")), at, fault)
-    tuner = Tuner(provider, MODELS[provider], epochs=3, batch_size=8, seed=42, suffix="support-bot",
-                  poll_interval=0, show_progress=False, api_key="test-key", transport=transport,
-                  clock=lambda: dt.datetime(2026, 11, 28, 12, tzinfo=dt.timezone.utc), sleep=lambda seconds: None)
     try:
-        tuner.fit(SAMPLE, holdout=0.1)
+        make_tuner(provider, transport, sleep=lambda seconds: None).fit(SAMPLE, holdout=0.1)
     except TuneproxyError as exc:
         assert str(exc) and "Traceback" not in str(exc)
+        # no link to an SDK's or HTTP library's exception either: it holds the request, with its key
+        linked: BaseException | None = exc
+        while linked is not None:
+            assert isinstance(linked, TuneproxyError), repr(linked)
+            linked = linked.__cause__ or linked.__context__
     assert len(transport.requests("POST", CREATE[provider])) <= 1
