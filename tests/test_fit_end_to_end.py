@@ -15,10 +15,10 @@ from tuneproxy.recording import (
     Cassette,
     LostResponseTransport,
     ReplayTransport,
-    library_of,
     build_response,
     capture_request,
     cassette_path,
+    library_of,
 )
 
 QUESTION = [{"role": "user", "content": "Ticket: I was charged twice"}]

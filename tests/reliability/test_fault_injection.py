@@ -19,10 +19,10 @@ from tuneproxy.recording import (
     RecordedResponse,
     ReplayTransport,
     TextBody,
-    library_of,
     build_response,
     capture_request,
     cassette_path,
+    library_of,
 )
 
 FAULTS = ("html page", "cut-off json", "http 500", "connection reset", "read timeout")
