@@ -237,9 +237,9 @@ class OpenAIProvider(SDKProvider):
         return JobRecord(
             provider=self.name, job_id=job.id, base_model=job.model, status=status, raw_status=job.status,
             tuned_model=job.fine_tuned_model, created_at=to_datetime(job.created_at),
-            finished_at=to_datetime(job.finished_at), error=error or None, billable=billable,
-            intent_id=(job.metadata or {}).get(INTENT_KEY),
-            detail={"estimated_finish": job.estimated_finish, "result_files": list(job.result_files or []),
+            finished_at=to_datetime(job.finished_at), estimated_finish=to_datetime(job.estimated_finish),
+            error=error or None, billable=billable, intent_id=(job.metadata or {}).get(INTENT_KEY),
+            detail={"result_files": list(job.result_files or []),
                     "error_code": getattr(job.error, "code", None) if job.error else None},
         )
 

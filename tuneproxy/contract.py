@@ -281,6 +281,8 @@ class JobRecord(BaseModel):
                                     validation_alias=AliasChoices("tuned_model", "fine_tuned_model"))
     created_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    estimated_finish: dt.datetime | None = Field(
+        None, description="The backend's own estimate of when the job will finish (None when it gives none).")
     error: str | None = Field(None, description="The service's own failure message, verbatim.")
     billable: list[Quantity] = Field(default_factory=list,
                                      description="What the service counts toward the bill so far.")
