@@ -3,8 +3,8 @@
 Both the worker and any client process (``tuneproxy jobs show`` in another terminal) may write to it, so
 every read-modify-write of ``state.json`` and every append to ``events.jsonl`` holds an exclusive
 ``flock`` on the job's lock file; readers need no lock (``state.json`` is replaced atomically, event lines
-are written whole). Nothing here imports torch, so reading a job stays cheap. The package targets Linux
-and macOS (``fcntl``).
+are written whole). Every file written here is readable by its user only (0600). Nothing here imports
+torch, so reading a job stays cheap. The package targets Linux and macOS (``fcntl``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tuneproxy.contract import Clock, utc_now
 
@@ -45,7 +45,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` through a temporary file and a rename (``mkstemp`` makes it 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -55,6 +55,12 @@ def write_text_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def open_private(path: Path, mode: str = "a", **kwargs: Any) -> IO[Any]:
+    """Open ``path`` for appending (``mode`` "a" or "ab"), creating it readable by this user only (0600):
+    a job's files hold its data's words (events, logs) and are nobody else's business."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), mode, **kwargs)
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -87,7 +93,7 @@ class JobFiles:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the job's exclusive lock (across processes and threads); not re-entrant."""
-        fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -132,7 +138,7 @@ class JobFiles:
             event = {"id": f"{lines + 1:08d}", "time": self.now(), "level": level, "message": message,
                      **{k: v for k, v in metrics.items() if v is not None}}
             line = ("" if ends_cleanly else "\n") + json.dumps(event) + "\n"
-            with self.path(EVENTS_FILE).open("a", encoding="utf-8") as fh:
+            with open_private(self.path(EVENTS_FILE), encoding="utf-8") as fh:
                 fh.write(line)
         return event
 

@@ -1,7 +1,8 @@
 """The local QLoRA backend behind the same Provider contract as the managed services.
 
 ``submit`` checks the run (model, LoRA targets, memory) and starts a worker process in its own session,
-so the job outlives the client. Everything about a job lives in one folder under the provider's home::
+so the job outlives the client. Everything about a job lives in one folder under the provider's home,
+private to its user (folders 0700, the data's copies and the job's files 0600)::
 
     <home>/files/<file-id>.jsonl          uploaded training/validation files (content-addressed)
     <home>/models/<name>-<size>-<mtime>/  GGUF models dequantized once into plain HF folders
@@ -68,9 +69,11 @@ from tuneproxy.local_backend.jobfiles import (
     PID_FILE,
     TERMINAL,
     JobFiles,
+    open_private,
     write_json_atomic,
 )
 from tuneproxy.local_backend.settings import LocalOptions, TrainSettings, settings_from_spec
+from tuneproxy.paths import private_folder
 from tuneproxy.prices import Price
 
 MODEL_PREFIX = "local:"
@@ -164,11 +167,11 @@ class LocalProvider(Provider):
         load_examples(path, strict=True)
         data = path.read_bytes()
         file_id = "file-" + hashlib.sha256(data).hexdigest()[:24]
-        target = self.home / "files" / f"{file_id}.jsonl"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = private_folder(self.home / "files") / f"{file_id}.jsonl"
         if not target.exists():
             staging = target.with_suffix(f".tmp-{os.getpid()}")
-            staging.write_bytes(data)
+            with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+                fh.write(data)
             os.replace(staging, target)
         return UploadedFile(id=file_id, filename=path.name, bytes=len(data), purpose=purpose)
 
@@ -217,7 +220,8 @@ class LocalProvider(Provider):
         settings, plan = self._plan(spec)
         job_id = f"ljob-{self.clock().strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}"
         files = self._job_files(job_id)
-        files.root.mkdir(parents=True)
+        private_folder(files.root.parent)
+        files.root.mkdir(mode=0o700)
         # the state says a worker is on its way before job.json makes the job visible to anyone
         files.update_state(raw_status="queued", start_requested_at=files.now())
         files.append_event(f"Job created for {spec.model}; the run {plan.memory.describe()}.")
@@ -235,7 +239,7 @@ class LocalProvider(Provider):
         python = self.options.python or sys.executable
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         try:
-            with files.path(LOG_FILE).open("ab") as log:
+            with open_private(files.path(LOG_FILE), "ab") as log:
                 proc = subprocess.Popen(
                     [python, "-m", "tuneproxy.local_backend.worker", str(files.root)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -359,11 +363,14 @@ class LocalProvider(Provider):
             detail.update(adapter=str(files.path(ADAPTER_DIR)), summary=files.summary())
             if files.path(MERGED_DIR).is_dir():
                 detail["merged"] = str(files.path(MERGED_DIR))
+        eta_s = state.get("eta_s")  # the worker's estimate of the time left, as of its last step
+        finish = (self.clock() + dt.timedelta(seconds=eta_s)
+                  if status == JobStatus.RUNNING and eta_s is not None else None)
         return JobRecord(
             provider=self.name, job_id=job_id, base_model=job["spec"]["model"], status=status, raw_status=raw,
             tuned_model=f"{MODEL_PREFIX}{job_id}" if status == JobStatus.SUCCEEDED else None,
             created_at=_parse_time(job.get("created_at")), finished_at=_parse_time(state.get("finished_at")),
-            error=state.get("error"), billable=billable, billed_usd=None,
+            estimated_finish=finish, error=state.get("error"), billable=billable, billed_usd=None,
             intent_id=job.get("intent_id"), detail=detail,
         )
 

@@ -3,7 +3,8 @@
 It reads the job's settings from JOBDIR, trains, and writes status, metrics and events back into JOBDIR
 for the provider to read. SIGTERM (cancel) is honoured between steps; the signal handler is installed
 before the heavy imports so an early cancel is never lost. The worker records its own pid as soon as it
-starts (the client writes it too, right after starting it), so a job is never left without one.
+starts (the client writes it too, right after starting it), so a job is never left without one. What it
+writes (checkpoints, the adapter, the merged model) is readable by its user only.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def run_job(job_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the worker process."""
     signal.signal(signal.SIGTERM, _request_stop)
+    os.umask(0o077)  # checkpoints, the adapter and the merged model are the user's alone, like the data
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m tuneproxy.local_backend.worker JOBDIR", file=sys.stderr)

@@ -20,6 +20,7 @@ from tuneproxy.recording import (
     cassette_path,
     library_of,
 )
+from tuneproxy.tuner import ReattachedWarning
 
 QUESTION = [{"role": "user", "content": "Ticket: I was charged twice"}]
 
@@ -212,35 +213,39 @@ def test_a_rerun_after_a_crash_finds_the_job_instead_of_paying_again():
     assert Ledger().submission(tuned.record.intent_id).state == "submitted"
 
 
-def test_a_second_fit_of_the_same_request_while_the_first_is_uploading_sends_nothing():
+def test_a_second_fit_of_the_same_request_while_the_first_is_uploading_waits_and_follows_its_job():
     import threading
+    import time
 
-    from tuneproxy.ledger import SubmissionInProgress
-
-    first_uploading, second_done = threading.Event(), threading.Event()
+    first_uploading, second_waiting = threading.Event(), threading.Event()
 
     class SlowUpload(ReplayTransport):
         def _exchange(self, request):
             if request.method == "POST" and not first_uploading.is_set():
                 first_uploading.set()  # the first fit holds its intent and is sending its data...
-                assert second_done.wait(timeout=60)  # ...while the second fit of the same request runs
+                assert second_waiting.wait(timeout=60)  # ...until the second fit of the same request waits
             return super()._exchange(request)
+
+    def waiting(seconds: float) -> None:
+        second_waiting.set()
+        time.sleep(0.01)
 
     transport = SlowUpload(cassette_path("openai", "fit_happy_path"))
     outcome: dict[str, object] = {}
     first = threading.Thread(target=lambda: outcome.update(
-        tuned=make_tuner("openai", transport).fit(SAMPLE, holdout=0.1, wait=False)))
+        job=make_tuner("openai", transport).fit(SAMPLE, holdout=0.1, wait=False)))
     first.start()
     assert first_uploading.wait(timeout=60)
     nothing = ReplayTransport(Cassette(provider="openai", scenario="none", source="authored from API reference",
                                        description="no request may be made"))
     try:
-        with pytest.raises(SubmissionInProgress, match="submitting this same request"):
-            make_tuner("openai", nothing).fit(SAMPLE, holdout=0.1, wait=False)
+        with pytest.warns(ReattachedWarning, match="this same request .* waiting for its job"):
+            second = make_tuner("openai", nothing, sleep=waiting).fit(SAMPLE, holdout=0.1, wait=False)
     finally:
-        second_done.set()
+        second_waiting.set()
         first.join(timeout=60)
-    assert nothing.log == [] and "tuned" in outcome
+    assert nothing.log == []
+    assert second.id == outcome["job"].id
     assert len(transport.requests("POST", CREATE["openai"])) == 1
     assert len(Ledger().db.execute("SELECT * FROM submissions").fetchall()) == 1
 
@@ -270,7 +275,6 @@ def _no_requests(provider: str) -> ReplayTransport:
 
 
 def test_rerunning_the_same_fit_follows_the_running_job_instead_of_paying_again():
-    from tuneproxy.tuner import ReattachedWarning
 
     first = make_tuner("together", ReplayTransport(cassette_path("together", "fit_happy_path")))
     job = first.fit(SAMPLE, holdout=0.1, wait=False)
@@ -292,7 +296,6 @@ def test_resubmit_asks_for_a_new_job_even_while_one_runs():
 
 
 def test_a_succeeded_job_is_returned_again_only_when_reuse_is_asked():
-    from tuneproxy.tuner import ReattachedWarning
 
     tuned = make_tuner("together", ReplayTransport(cassette_path("together", "fit_happy_path"))).fit(
         SAMPLE, holdout=0.1)

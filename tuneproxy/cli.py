@@ -178,6 +178,9 @@ def _options(pairs: list[str] | None) -> dict[str, Any]:
                 options[key] = json.loads(value)
             except ValueError:
                 raise typer.BadParameter(f"{value!r} is not valid JSON", param_hint="--option") from None
+            except RecursionError:  # the stdlib parser recurses once per level of nesting
+                raise typer.BadParameter(f"the value of {key!r} nests lists or objects too deeply",
+                                         param_hint="--option") from None
     return options
 
 
@@ -314,7 +317,8 @@ def jobs_list(provider: Annotated[str | None, typer.Option("--provider", "-p", h
     from tuneproxy.ledger import Ledger
     from tuneproxy.render import job_table
 
-    records = Ledger().jobs(provider, limit)
+    with _warnings_shown():  # a row the ledger cannot read is named, the others listed
+        records = Ledger().jobs(provider, limit)
     if as_json:
         _print_json([r.model_dump(mode="json") for r in records])
     elif records:
@@ -330,7 +334,8 @@ def jobs_show(job_id: str, offline: OfflineOpt = False, as_json: JsonOpt = False
 
     ledger, job = _load(job_id, offline)
     record = job.record if job else ledger.job(job_id)
-    costs = ledger.job_costs(record)
+    with _warnings_shown():
+        costs = ledger.job_costs(record)
     if as_json:
         _print_json({**record.model_dump(mode="json"), "costs": [c.model_dump(mode="json") for c in costs]})
         return
@@ -350,7 +355,8 @@ def jobs_events(job_id: str, offline: OfflineOpt = False, as_json: JsonOpt = Fal
     if job:
         job.events()
     record = job.record if job else ledger.job(job_id)
-    events = ledger.events(record.provider, record.job_id)
+    with _warnings_shown():
+        events = ledger.events(record.provider, record.job_id)
     if as_json:
         _print_json([e.model_dump(mode="json") for e in events])
         return
@@ -423,7 +429,8 @@ def deployments_list(all_: Annotated[bool, typer.Option("--all", help="Include d
     from tuneproxy.ledger import Ledger
     from tuneproxy.render import deployment_table
 
-    rows = Ledger().deployments(active_only=not all_)
+    with _warnings_shown():
+        rows = Ledger().deployments(active_only=not all_)
     if as_json:
         _print_json([d.model_dump(mode="json") for d in rows])
     elif rows:

@@ -18,15 +18,17 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from tuneproxy.contract import Clock, CostEstimate, Deployment, JobEvent, JobRecord, QuantityKind, utc_now
 from tuneproxy.errors import JobNotFound, LedgerUnusable, TuneproxyError, redact
@@ -156,6 +158,58 @@ class DeploymentNotFound(TuneproxyError):
     exit_code = 2
 
 
+class UnreadableRow(TuneproxyError):
+    """A row asked for by its id cannot be read (edited by hand, or written by a broken build); the
+    message says how to look at it and how to delete it."""
+
+    exit_code = 2
+
+
+class LedgerRowWarning(UserWarning):
+    """A listing left out rows of the ledger that cannot be read (it names them, and how to delete them)."""
+
+
+class SkippedRow(BaseModel):
+    """A row a listing left out because it cannot be read: which one, and why."""
+
+    table: str
+    name: str  # how a person names it: a job id, a cost row's number
+    where: str  # an SQL condition that selects it, to look at it or delete it
+    problem: str
+
+
+T = TypeVar("T")
+
+
+class Rows(list[T], Generic[T]):
+    """What a ledger listing could read, as a list; ``skipped`` holds the rows it could not (a bad row
+    is left out and reported, never allowed to hide every good one)."""
+
+    def __init__(self, items: Iterable[T] = (), skipped: Iterable[SkippedRow] = ()) -> None:
+        super().__init__(items)
+        self.skipped = list(skipped)
+
+
+def _problem(exc: Exception) -> str:
+    """What is wrong with a row, in one short phrase (never the row's content: it may be anything)."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"])
+        text = f"{field}: {first['msg']}" if field else first["msg"]
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _quoted(value: Any) -> str:
+    return str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+
+
+def _text(data: bytes) -> str:
+    # a row with bytes that are not UTF-8 is read (and then reported), instead of failing the whole query
+    return data.decode("utf-8", errors="replace")
+
+
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -182,9 +236,13 @@ CLAIM_LEASE = dt.timedelta(minutes=30)
 
 
 class SubmissionInProgress(TuneproxyError):
-    """Another process is submitting the same request right now."""
+    """Another process is submitting the same request right now (``intent_id``: its submission)."""
 
     exit_code = 3
+
+    def __init__(self, message: str, intent_id: str) -> None:
+        super().__init__(message)
+        self.intent_id = intent_id
 
 
 def _owner_alive(owner: str, claimed_at: str | None, now: dt.datetime) -> bool:
@@ -223,6 +281,24 @@ class CostRow(BaseModel):
     basis: str
 
 
+def _job_record(row: sqlite3.Row) -> JobRecord:
+    return JobRecord.model_validate_json(row["record"])
+
+
+def _deployment(row: sqlite3.Row) -> Deployment:
+    return Deployment.model_validate_json(row["record"])
+
+
+def _cost_row(row: sqlite3.Row) -> CostRow:
+    return CostRow(**dict(row))
+
+
+def _event(row: sqlite3.Row) -> JobEvent:
+    return JobEvent(id=row["event_id"], time=dt.datetime.fromisoformat(row["time"]), level=row["level"],
+                    message=row["message"], step=row["step"], epoch=row["epoch"], train_loss=row["train_loss"],
+                    valid_loss=row["valid_loss"])
+
+
 class Ledger:
     """The state database. One per ``$TUNEPROXY_HOME``; safe to open and write from several processes
     at once (WAL, a 30 s busy timeout, and ``BEGIN IMMEDIATE`` around every read-then-write)."""
@@ -239,6 +315,7 @@ class Ledger:
             if new:
                 os.chmod(self.path, 0o600)  # submissions and costs are the team's business only
             self.db.row_factory = sqlite3.Row
+            self.db.text_factory = _text
             self._check_ours()
             self._use_wal()
         except (OSError, sqlite3.Error) as exc:
@@ -337,7 +414,7 @@ class Ledger:
 
     def _find(self, table: str, key: str, ident: str, provider: str | None) -> list[sqlite3.Row]:
         """Rows whose ``key`` is ``ident`` or starts with it (an exact match wins); wildcards are literal."""
-        query = f"SELECT {key}, record FROM {table} WHERE substr({key}, 1, ?) = ?"
+        query = f"SELECT provider, {key}, record FROM {table} WHERE substr({key}, 1, ?) = ?"
         args: list[Any] = [len(ident), ident]
         if provider:
             query += " AND provider = ?"
@@ -346,9 +423,54 @@ class Ledger:
         exact = [r for r in rows if r[key] == ident]
         return exact or rows
 
+    # -- rows that may be damaged -------------------------------------------------------------------------
+    # A row edited by hand, or written by a broken build, must not hide every good row: a listing leaves it
+    # out and names it (a LedgerRowWarning, and the result's ``skipped``); asked for by its id, it is a
+    # clear error that says how to look at it and delete it. Nothing is ever changed while reading.
+    def _read_all(self, table: str, rows: Iterable[sqlite3.Row], keys: tuple[str, ...],
+                  parse: Callable[[sqlite3.Row], T]) -> Rows[T]:
+        good: list[T] = []
+        skipped: list[SkippedRow] = []
+        for row in rows:
+            try:
+                good.append(parse(row))
+            except (ValueError, TypeError) as exc:  # pydantic's ValidationError and JSON's errors included
+                skipped.append(self._skipped(table, row, keys, exc))
+        if skipped:
+            warnings.warn(self._skipped_note(skipped), LedgerRowWarning, stacklevel=3)
+        return Rows(good, skipped)
+
+    def _read_one(self, table: str, row: sqlite3.Row, keys: tuple[str, ...], parse: Callable[[sqlite3.Row], T]) -> T:
+        try:
+            return parse(row)
+        except (ValueError, TypeError) as exc:
+            bad = self._skipped(table, row, keys, exc)
+        raise UnreadableRow(f"The {table} row {bad.name} in the ledger at {self.path} cannot be read ({bad.problem}); "
+                            f"it was left as it is. {self._how_to_look(bad)}")
+
+    @staticmethod
+    def _skipped(table: str, row: sqlite3.Row, keys: tuple[str, ...], exc: Exception) -> SkippedRow:
+        values = [row[key] for key in keys]
+        return SkippedRow(table=table, name="/".join(str(v) for k, v in zip(keys, values) if k != "provider"),
+                          where=" AND ".join(f"{k} = {_quoted(v)}" for k, v in zip(keys, values)),
+                          problem=_problem(exc))
+
+    def _how_to_look(self, row: SkippedRow) -> str:
+        db = shlex.quote(str(self.path))
+        return (f'Look at it with `sqlite3 {db} "SELECT * FROM {row.table} WHERE {row.where}"`; deleting it '
+                f'(`sqlite3 {db} "DELETE FROM {row.table} WHERE {row.where}"`) forgets it in this ledger only.')
+
+    def _skipped_note(self, skipped: list[SkippedRow]) -> str:
+        shown = "; ".join(f"{row.table} {row.name} ({row.problem})" for row in skipped[:10])
+        more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        what = "1 row" if len(skipped) == 1 else f"{len(skipped)} rows"
+        return (f"{what} of the ledger at {self.path} cannot be read and {'was' if len(skipped) == 1 else 'were'} "
+                f"left out: {shown}{more}. {self._how_to_look(skipped[0])}")
+
     # -- submissions ----------------------------------------------------------------------------------
     def claim_intent(self, provider: str, model: str, fingerprint: str, request: dict[str, Any],
-                     options: dict[str, Any] | None = None) -> tuple[Submission, bool]:
+                     options: dict[str, Any] | None = None, *, unless_running: bool = False
+                     ) -> tuple[Submission, bool]:
         """The intent to submit this request: ``(submission, fresh)``.
 
         In one ``BEGIN IMMEDIATE`` transaction (so concurrent callers, in any process, are serialised):
@@ -372,6 +494,11 @@ class Ledger:
         :data:`CLAIM_LEASE`) raises :class:`SubmissionInProgress` — it may be uploading right now, and
         looking for its job would find nothing and submit it twice. An intent whose claimer died, or that
         is ``uncertain``, is taken over and returned for reconciling.
+
+        ``unless_running=True``: a job of this same request that was submitted and has not ended (by its
+        last saved state) raises :class:`SubmissionInProgress` naming it, instead of a fresh intent. A
+        caller that looked for such a job before claiming (``fit`` does) passes it, so that a process that
+        submitted the same request in between is seen here, inside the transaction, and not paid twice.
         """
         options = dict(options or {})
         try:
@@ -382,17 +509,19 @@ class Ledger:
                     (provider, fingerprint),
                 ).fetchone()
                 if row:
-                    found = self._submission(row)
+                    found = self._read_one("submissions", row, ("intent_id",), self._submission)
                     if (found.state == "pending" and found.owner and found.owner != self.owner
                             and _owner_alive(found.owner, found.claimed_at, self.clock())):
                         raise SubmissionInProgress(
                             f"Another tuneproxy process ({found.owner.split(':')[0]}) is submitting this same "
                             f"request to {provider} right now (intent {found.intent_id}); nothing was sent. Wait "
                             "for it to finish (`tuneproxy jobs list` then shows the job), or run this again once "
-                            "it has stopped.")
+                            "it has stopped.", intent_id=found.intent_id)
                     self.db.execute("UPDATE submissions SET owner = ?, claimed_at = ? WHERE intent_id = ?",
                                     (self.owner, self._now(), found.intent_id))
                     return found.model_copy(update={"owner": self.owner}), False
+                if unless_running:
+                    self._refuse_running(provider, fingerprint)
                 attempt = self.db.execute("SELECT count(*) FROM submissions WHERE fingerprint = ?",
                                           (fingerprint,)).fetchone()[0]
                 while True:
@@ -417,6 +546,20 @@ class Ledger:
             raise TuneproxyError(f"Could not record the submission in the ledger at {self.path} ({exc}); "
                                  "run the command again.") from None
 
+    def _refuse_running(self, provider: str, fingerprint: str) -> None:
+        running = self.db.execute(
+            "SELECT submissions.intent_id, jobs.job_id FROM submissions JOIN jobs ON "
+            "jobs.provider = submissions.provider AND jobs.job_id = submissions.job_id WHERE "
+            "submissions.provider = ? AND submissions.fingerprint = ? AND submissions.state = 'submitted' AND "
+            "jobs.status NOT IN ('succeeded', 'failed', 'cancelled') "
+            "ORDER BY submissions.created_at DESC, submissions.rowid DESC LIMIT 1", (provider, fingerprint)).fetchone()
+        if running:
+            raise SubmissionInProgress(
+                f"Job {running['job_id']} on {provider} was submitted for this same request by another tuneproxy "
+                "process while this one got ready, and has not ended; nothing was sent. Follow it with `tuneproxy "
+                f"jobs wait {running['job_id']}`, or submit a new job anyway with --new (resubmit=True).",
+                intent_id=running["intent_id"])
+
     def release_claim(self, intent_id: str) -> None:
         """This ledger is done submitting ``intent_id`` (whatever became of it): another process may
         reconcile it now."""
@@ -433,16 +576,17 @@ class Ledger:
         """The job of the newest submission of this request that reached the service (its last saved
         state), if any: what a rerun of the same ``fit`` follows instead of paying again."""
         row = self.db.execute(
-            "SELECT jobs.record FROM submissions JOIN jobs ON jobs.provider = submissions.provider AND "
-            "jobs.job_id = submissions.job_id WHERE submissions.provider = ? AND submissions.fingerprint = ? AND "
-            "submissions.state = 'submitted' ORDER BY submissions.created_at DESC, submissions.rowid DESC LIMIT 1",
+            "SELECT jobs.provider, jobs.job_id, jobs.record FROM submissions JOIN jobs ON "
+            "jobs.provider = submissions.provider AND jobs.job_id = submissions.job_id WHERE "
+            "submissions.provider = ? AND submissions.fingerprint = ? AND submissions.state = 'submitted' "
+            "ORDER BY submissions.created_at DESC, submissions.rowid DESC LIMIT 1",
             (provider, fingerprint)).fetchone()
-        return JobRecord.model_validate_json(row["record"]) if row else None
+        return self._read_one("jobs", row, ("provider", "job_id"), _job_record) if row else None
 
     def submission(self, intent_id: str) -> Submission | None:
         """The submission with this intent id, if any."""
         row = self.db.execute("SELECT * FROM submissions WHERE intent_id = ?", (intent_id,)).fetchone()
-        return self._submission(row) if row else None
+        return self._read_one("submissions", row, ("intent_id",), self._submission) if row else None
 
     @staticmethod
     def _submission(row: sqlite3.Row) -> Submission:
@@ -481,35 +625,37 @@ class Ledger:
         if len(rows) > 1:
             names = ", ".join(sorted(r["job_id"] for r in rows)[:5])
             raise JobNotFound(f"{job_id!r} is the start of {len(rows)} jobs ({names}); give more of the id.")
-        return JobRecord.model_validate_json(rows[0]["record"])
+        return self._read_one("jobs", rows[0], ("provider", "job_id"), _job_record)
 
-    def jobs(self, provider: str | None = None, limit: int = 50) -> list[JobRecord]:
-        """Recent jobs, newest first."""
-        query, args = "SELECT record FROM jobs", []
+    def jobs(self, provider: str | None = None, limit: int = 50) -> Rows[JobRecord]:
+        """Recent jobs, newest first (a row that cannot be read is left out: see :class:`Rows`)."""
+        query, args = "SELECT provider, job_id, record FROM jobs", []
         if provider:
             query, args = query + " WHERE provider = ?", [provider]
         rows = self.db.execute(query + " ORDER BY created_at DESC, updated_at DESC LIMIT ?",
                                [*args, limit]).fetchall()
-        return [JobRecord.model_validate_json(r["record"]) for r in rows]
+        return self._read_all("jobs", rows, ("provider", "job_id"), _job_record)
 
     # -- events ---------------------------------------------------------------------------------------
     def save_events(self, provider: str, job_id: str, events: list[JobEvent]) -> int:
-        """Store events not seen before; returns how many were new."""
-        before = self.db.total_changes
-        self.db.executemany(
-            "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(provider, job_id, e.id, e.time.isoformat(), e.level, redact(e.message), e.step, e.epoch,
-              e.train_loss, e.valid_loss) for e in events],
-        )
-        return self.db.total_changes - before
+        """Store events not seen before, all or none (one transaction: another process writing the same
+        job's events waits its turn); returns how many were new."""
+        if not events:
+            return 0
+        with self._transaction():
+            before = self.db.total_changes
+            self.db.executemany(
+                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(provider, job_id, e.id, e.time.isoformat(), e.level, redact(e.message), e.step, e.epoch,
+                  e.train_loss, e.valid_loss) for e in events],
+            )
+            return self.db.total_changes - before
 
-    def events(self, provider: str, job_id: str) -> list[JobEvent]:
-        """Every stored event of a job, in the order they were seen."""
+    def events(self, provider: str, job_id: str) -> Rows[JobEvent]:
+        """Every stored event of a job, in the order they were seen (a row that cannot be read is left out)."""
         rows = self.db.execute("SELECT * FROM events WHERE provider = ? AND job_id = ? ORDER BY rowid",
                                (provider, job_id)).fetchall()
-        return [JobEvent(id=r["event_id"], time=dt.datetime.fromisoformat(r["time"]), level=r["level"],
-                         message=r["message"], step=r["step"], epoch=r["epoch"], train_loss=r["train_loss"],
-                         valid_loss=r["valid_loss"]) for r in rows]
+        return self._read_all("events", rows, ("provider", "job_id", "event_id"), _event)
 
     def last_event_id(self, provider: str, job_id: str) -> str | None:
         """The id of the newest stored event: the cursor for asking the backend for newer ones."""
@@ -543,12 +689,12 @@ class Ledger:
              "record": deployment.model_dump_json()},
         )
 
-    def deployments(self, active_only: bool = True) -> list[Deployment]:
+    def deployments(self, active_only: bool = True) -> Rows[Deployment]:
         """Known deployments, newest first; by default only those not yet stopped."""
         where = " WHERE deleted_at IS NULL" if active_only else ""
-        rows = self.db.execute(f"SELECT record FROM deployments{where} ORDER BY created_at DESC, "
-                               "updated_at DESC").fetchall()
-        return [Deployment.model_validate_json(r["record"]) for r in rows]
+        rows = self.db.execute(f"SELECT provider, deployment_id, record FROM deployments{where} ORDER BY "
+                               "created_at DESC, updated_at DESC").fetchall()
+        return self._read_all("deployments", rows, ("provider", "deployment_id"), _deployment)
 
     def deployment(self, deployment_id: str, provider: str | None = None) -> Deployment:
         """The last saved state of a deployment, by its id or a prefix of it that names exactly one."""
@@ -561,7 +707,7 @@ class Ledger:
             names = ", ".join(sorted(r["deployment_id"] for r in rows)[:5])
             raise DeploymentNotFound(f"{deployment_id!r} is the start of {len(rows)} deployments ({names}); "
                                      "give more of the id.")
-        return Deployment.model_validate_json(rows[0]["record"])
+        return self._read_one("deployments", rows[0], ("provider", "deployment_id"), _deployment)
 
     # -- costs ----------------------------------------------------------------------------------------
     def record_estimate(self, estimate: CostEstimate, intent_id: str | None = None) -> None:
@@ -617,18 +763,20 @@ class Ledger:
             )
             return True
 
-    def costs(self, job_id: str | None = None, intent_id: str | None = None) -> list[CostRow]:
-        """Cost rows, optionally of one job or one submission, oldest first."""
+    def costs(self, job_id: str | None = None, intent_id: str | None = None) -> Rows[CostRow]:
+        """Cost rows, optionally of one job or one submission, oldest first (a row that cannot be read is
+        left out)."""
         rows = self.db.execute("SELECT * FROM costs WHERE (? IS NULL OR job_id = ?) AND (? IS NULL OR "
                                "intent_id = ?) ORDER BY id", (job_id, job_id, intent_id, intent_id)).fetchall()
-        return [CostRow(**dict(r)) for r in rows]
+        return self._read_all("costs", rows, ("id",), _cost_row)
 
-    def job_costs(self, record: JobRecord) -> list[CostRow]:
-        """Every cost row of a job: the estimates made for its submission, then what was billed."""
+    def job_costs(self, record: JobRecord) -> Rows[CostRow]:
+        """Every cost row of a job: the estimates made for its submission, then what was billed (a row
+        that cannot be read is left out)."""
         rows = self.db.execute("SELECT * FROM costs WHERE (provider = ? AND job_id = ?) OR (? IS NOT NULL AND "
                                "intent_id = ?) ORDER BY id", (record.provider, record.job_id, record.intent_id,
                                                              record.intent_id)).fetchall()
-        return [CostRow(**dict(r)) for r in rows]
+        return self._read_all("costs", rows, ("id",), _cost_row)
 
     def spend(self) -> dict[str, float]:
         """Billed dollars per provider, all time: each job's latest bill once (a schema-1 ledger may hold
@@ -639,5 +787,5 @@ class Ledger:
         return {r["provider"]: r["usd"] or 0.0 for r in rows}
 
 
-__all__ = ["MIGRATIONS", "CostRow", "DeploymentNotFound", "Ledger", "Submission", "SubmissionInProgress",
-           "SubmissionState"]
+__all__ = ["MIGRATIONS", "CostRow", "DeploymentNotFound", "Ledger", "LedgerRowWarning", "Rows", "SkippedRow",
+           "Submission", "SubmissionInProgress", "SubmissionState", "UnreadableRow"]

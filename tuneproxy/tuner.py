@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -50,7 +49,8 @@ from tuneproxy.errors import (
     config_error_from,
 )
 from tuneproxy.jobs import Job
-from tuneproxy.ledger import Ledger
+from tuneproxy.ledger import Ledger, Submission, SubmissionInProgress
+from tuneproxy.paths import staging_folder
 from tuneproxy.tokens import TokenCounter, counter_for
 from tuneproxy.tuned import TunedModel
 
@@ -63,6 +63,10 @@ class SunsetWarning(UserWarning):
 
 class DatasetWarning(UserWarning):
     """The data passed validation with warnings."""
+
+
+# How often a fit waiting on another process's submission of the same request looks at the ledger again.
+CLAIM_WAIT_SECONDS = 0.25
 
 
 class ReattachedWarning(UserWarning):
@@ -113,6 +117,7 @@ class Tuner:
         self.budget_usd = budget_usd
         self.show_progress = show_progress
         self.clock = clock
+        self._sleep = sleep
         self._ledger = ledger
         self.provider: Provider = registry.create(provider, provider_options, api_key=api_key, require_key=False,
                                                   transport=transport, clock=clock, sleep=sleep)
@@ -197,21 +202,16 @@ class Tuner:
         fingerprint = self._fingerprint(train, held)
         earlier = None if resubmit else self._earlier_job(fingerprint, reuse)
         if earlier is not None:
-            job = self.job = Job(self.provider, earlier, self.ledger, self.poll_interval)
-            if not wait:
-                return job
-            if not earlier.status.terminal:
-                with JobDisplay(enabled=self.show_progress) as display:
-                    self._follow(job, display)
-            return job.result()
+            return self._follow_earlier(earlier, wait)
         self.check_sunset()
         self._require_key()
         estimate = self._preflight(report)
         self._guard(estimate)
-        submission, fresh = self.ledger.claim_intent(
-            self.provider_name, self.model, fingerprint, self._request(data, train, held),
-            self.provider.options.stored())
-        with JobDisplay(enabled=self.show_progress) as display:
+        claimed = self._claim(fingerprint, self._request(data, train, held), resubmit)
+        if isinstance(claimed, JobRecord):
+            return self._follow_earlier(claimed, wait)
+        submission, fresh = claimed
+        with JobDisplay(enabled=self.show_progress, clock=self.clock) as display:
             try:
                 found = None if fresh else self._reconcile(submission.intent_id)
                 if found is not None:
@@ -226,6 +226,38 @@ class Tuner:
                 return job
             self._follow(job, display)
         return job.result()
+
+    def _follow_earlier(self, earlier: JobRecord, wait: bool) -> TunedModel | Job:
+        """Follow a job submitted before (by an earlier fit, or by another process just now) to its end."""
+        job = self.job = Job(self.provider, earlier, self.ledger, self.poll_interval)
+        if not wait:
+            return job
+        if not earlier.status.terminal:
+            with JobDisplay(enabled=self.show_progress, clock=self.clock) as display:
+                self._follow(job, display)
+        return job.result()
+
+    def _claim(self, fingerprint: str, request: dict[str, Any],
+               resubmit: bool) -> tuple[Submission, bool] | JobRecord:
+        """Claim the submission of this request; while another process is submitting the very same request
+        (or submitted it since this fit looked), wait for it and return its job (or claim the request once
+        that process gave up)."""
+        told = False
+        while True:
+            try:
+                return self.ledger.claim_intent(self.provider_name, self.model, fingerprint, request,
+                                                self.provider.options.stored(), unless_running=not resubmit)
+            except SubmissionInProgress as busy:
+                if not told:
+                    warnings.warn(f"Another tuneproxy process is submitting (or has just submitted) this same request "
+                                  f"to {self.provider_name}: waiting for its job, to follow it instead of paying for "
+                                  "another.",
+                                  ReattachedWarning, stacklevel=4)
+                    told = True
+                self._sleep(CLAIM_WAIT_SECONDS)
+                other = self.ledger.submission(busy.intent_id)
+                if other is not None and other.state == "submitted" and other.job_id:
+                    return self.ledger.job(other.job_id, self.provider_name)
 
     def _follow(self, job: Job, display: JobDisplay) -> None:
         """Wait for the job; a failure to follow it says the job itself goes on, and how to pick it up."""
@@ -329,10 +361,13 @@ class Tuner:
 
     def _upload(self, intent_id: str, examples: list[Example], purpose: Literal["train", "validation"],
                 display: JobDisplay) -> UploadedFile:
-        """Write the examples in the provider's format to a private temporary file, upload it, delete it
-        (a copy of training data left behind could hold the personal data the scan warned about)."""
-        with tempfile.TemporaryDirectory(prefix=f"tuneproxy-{intent_id[:8]}-") as folder:
-            path = Path(folder) / f"{purpose}.jsonl"
+        """Write the examples in the provider's format to a private file (0600, in a 0700 folder under the
+        home, never a shared temp folder), upload it, delete it: a copy of training data left behind could
+        hold the personal data the scan warned about. A copy left by a killed process goes at the next
+        upload."""
+        with staging_folder(intent_id[:8]) as folder:
+            path = folder / f"{purpose}.jsonl"
+            path.touch(mode=0o600)  # private before the first byte is written
             size = write_jsonl(examples, path, self.provider.serialize)
             display.stage(f"uploading {purpose} data to {self.provider_name} ({len(examples)} examples, "
                           f"{size:,} bytes)")
