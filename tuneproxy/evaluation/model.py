@@ -148,5 +148,23 @@ class EvalReport(BaseModel):
         """The comparisons where the candidate is significantly worse than a baseline."""
         return [c for r in self.results for c in r.comparisons if c.verdict == "worse"]
 
+    def summary(self) -> str:
+        """The verdict lines and warnings, as plain text."""
+        from tuneproxy.evaluation import report
+
+        return report.summary(self)
+
+    def to_html(self) -> str:
+        """One self-contained HTML page (no external assets): charts, verdicts, flips side by side."""
+        from tuneproxy.evaluation import report
+
+        return report.to_html(self)
+
+    def to_markdown(self) -> str:
+        """The tables and verdicts in GitHub Markdown."""
+        from tuneproxy.evaluation import report
+
+        return report.to_markdown(self)
+
 
 SliceResult.model_rebuild()

@@ -1,0 +1,130 @@
+"""A hand-built EvalReport for the report's tests: a tuned model against its base and an 8-shot base on 180
+support tickets sliced by category, scored by exact match (pass/fail) and token F1 (graded).
+
+The numbers hang together: each mean is passes ÷ items of its slice, each overall mean the items' mean, and
+the one regression is security against few-shot:8 (10 flips: 1 won, 9 lost)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tuneproxy.evaluation.model import (
+    OVERALL,
+    Comparison,
+    EvalReport,
+    Flip,
+    Interval,
+    LossPoint,
+    SliceResult,
+    SystemInfo,
+)
+
+CANDIDATE = "tuned"
+BASELINES = ("base", "few-shot:8")
+SLICES = (OVERALL, "billing", "security", "account")
+HOSTILE_ANSWER = "<script>alert('owned')</script><img src=x onerror=alert(1)> refund & close"
+
+
+def _comparison(where: str, baseline: str, estimate: float, low: float, high: float, p: float | None,
+                holm: float | None, wins: int, losses: int) -> Comparison:
+    verdict = ("better" if holm is not None and holm < 0.05 and low > 0 else
+               "worse" if holm is not None and holm < 0.05 and high < 0 else "no significant difference")
+    numbers = f"{estimate:+.0f} points [{low:+.0f}, {high:+.0f}]"
+    if p is not None:
+        numbers += f", {wins + losses} flips"
+    label = "overall" if where == OVERALL else where
+    line = {"better": f"{label}: tuned better than {baseline}, {numbers}",
+            "worse": f"{label}: tuned worse than {baseline}, {numbers}"}.get(
+        verdict, f"{label}: no significant difference between tuned and {baseline}, {numbers}")
+    return Comparison(candidate=CANDIDATE, baseline=baseline,
+                      difference=Interval(estimate=estimate, low=low, high=high, resamples=10_000, seed=0),
+                      mcnemar_p=p, holm_p=holm, wins=wins, losses=losses, verdict=verdict, line=line)
+
+
+def _exact() -> list[SliceResult]:
+    # passes per slice: tuned 57/70, 22/45, 50/65; base 30, 16, 33; few-shot:8 46, 30, 46
+    return [
+        SliceResult(slice=OVERALL, scorer="exact", n=180,
+                    means={"tuned": 71.7, "base": 43.9, "few-shot:8": 67.8},
+                    comparisons=[_comparison(OVERALL, "base", 27.8, 19.4, 36.1, 1.2e-9, 1.2e-9, 58, 8),
+                                 _comparison(OVERALL, "few-shot:8", 3.9, -3.3, 11.1, 0.31, 0.31, 27, 20)]),
+        SliceResult(slice="billing", scorer="exact", n=70, means={"tuned": 81.4, "base": 42.9, "few-shot:8": 65.7},
+                    comparisons=[_comparison("billing", "base", 38.6, 25.7, 51.4, 2.0e-6, 6.0e-6, 30, 3),
+                                 _comparison("billing", "few-shot:8", 15.7, 4.3, 27.1, 0.012, 0.024, 14, 3)]),
+        SliceResult(slice="security", scorer="exact", n=45, means={"tuned": 48.9, "base": 35.6, "few-shot:8": 66.7},
+                    comparisons=[_comparison("security", "base", 13.3, -4.4, 31.1, 0.21, 0.21, 10, 4),
+                                 _comparison("security", "few-shot:8", -17.8, -31.1, -4.4, 0.021, 0.042, 1, 9)]),
+        SliceResult(slice="account", scorer="exact", n=65, means={"tuned": 76.9, "base": 50.8, "few-shot:8": 70.8},
+                    comparisons=[_comparison("account", "base", 26.2, 13.8, 38.5, 1.1e-4, 2.2e-4, 18, 1),
+                                 _comparison("account", "few-shot:8", 6.2, -4.6, 16.9, 0.36, 0.36, 12, 8)]),
+    ]
+
+
+def _token_f1() -> list[SliceResult]:
+    rows = {OVERALL: (180, 82.3, 61.6, 80.2, (20.7, 16.0, 25.3), (2.1, -1.2, 5.5)),
+            "billing": (70, 88.2, 61.5, 79.0, (26.7, 19.8, 33.4), (9.2, 4.1, 14.3)),
+            "security": (45, 70.3, 58.1, 80.6, (12.2, 3.0, 21.5), (-10.3, -17.9, -2.6)),
+            "account": (65, 85.0, 64.2, 81.1, (20.8, 13.1, 28.4), (3.9, -1.8, 9.6))}
+    results = []
+    for where, (n, tuned, base, few_shot, vs_base, vs_few_shot) in rows.items():
+        # graded: no McNemar; the bootstrap p stands in, Holm-corrected as the comparison would
+        p_base = 0.0002 if vs_base[1] > 0 else 0.4
+        p_few = 0.01 if vs_few_shot[1] > 0 or vs_few_shot[2] < 0 else 0.4
+        results.append(SliceResult(slice=where, scorer="token_f1", n=n,
+                                   means={"tuned": tuned, "base": base, "few-shot:8": few_shot},
+                                   comparisons=[_comparison(where, "base", *vs_base, None, p_base, 0, 0),
+                                                _comparison(where, "few-shot:8", *vs_few_shot, None, p_few, 0, 0)]))
+    return results
+
+
+def _flips() -> list[Flip]:
+    return [
+        Flip(item_id="a41f09c2", slice="security", scorer="exact", baseline="few-shot:8", candidate=CANDIDATE,
+             direction="regressed", prompt="I got an email asking me to confirm my password. Is it from you?",
+             reference='{"category": "security", "action": "phishing_report"}',
+             baseline_answer='{"category": "security", "action": "phishing_report"}',
+             candidate_answer='{"category": "account", "action": "password_reset"}'),
+        Flip(item_id="7be2d310", slice="security", scorer="exact", baseline="few-shot:8", candidate=CANDIDATE,
+             direction="regressed", prompt="Someone logged in from another country, please lock my account.",
+             reference='{"category": "security", "action": "lock_account"}',
+             baseline_answer='{"category": "security", "action": "lock_account"}',
+             candidate_answer=HOSTILE_ANSWER),
+        Flip(item_id="c0ffee12", slice="billing", scorer="exact", baseline="base", candidate=CANDIDATE,
+             direction="improved", prompt="I was charged twice for March.",
+             reference='{"category": "billing", "action": "refund"}',
+             baseline_answer="I'm sorry to hear that! Could you tell me more about the charges?",
+             candidate_answer='{"category": "billing", "action": "refund"}'),
+    ]
+
+
+def _loss_curve() -> list[LossPoint]:
+    train = (2.31, 1.62, 1.21, 0.98, 0.84, 0.77, 0.71, 0.68, 0.65, 0.63)
+    return [LossPoint(step=10 * (i + 1), train_loss=loss, valid_loss=(round(loss + 0.08 + 0.01 * i, 3)
+                                                                      if i % 2 else None))
+            for i, loss in enumerate(train)]
+
+
+def sample_report() -> EvalReport:
+    exact, token_f1 = _exact(), _token_f1()
+    return EvalReport(
+        created_at=dt.datetime(2026, 11, 20, 14, 3, tzinfo=dt.timezone.utc),
+        job_id="ft-local-7c1e",
+        candidate=CANDIDATE,
+        systems=[
+            SystemInfo(name="tuned", model="llama-3.1-8b-instruct:ft-7c1e", kind="tuned", answered=180, failed=0,
+                       cost_usd=0.0684, cost_per_1000=0.38, generation={"temperature": 0, "seed": 0}),
+            SystemInfo(name="base", model="llama-3.1-8b-instruct", kind="base", answered=180, failed=0,
+                       cost_usd=0.0648, cost_per_1000=0.36, generation={"temperature": 0, "seed": 0}),
+            SystemInfo(name="few-shot:8", model="llama-3.1-8b-instruct", kind="few-shot", answered=178, failed=2,
+                       cost_usd=0.5251, cost_per_1000=2.95, generation={"temperature": 0, "seed": 0}),
+        ],
+        scorers=["exact", "token_f1"],
+        slice_by="category",
+        items=180,
+        results=[*exact, *token_f1],
+        flips=_flips(),
+        verdicts=[c.line for r in exact for c in r.comparisons],
+        warnings=["security has 45 examples: a difference must be about ±15 points to be told apart from none",
+                  "few-shot:8: 2 items failed (timeout) and count as wrong"],
+        loss_curve=_loss_curve(),
+    )
