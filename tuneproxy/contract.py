@@ -129,7 +129,8 @@ class ProviderOptions(BaseModel):
         if unknown:
             hints = []
             for key in unknown:
-                near = difflib.get_close_matches(key, list(cls.model_fields), n=1, cutoff=0.5)
+                # str(): a key from a config file or a dict can be a number; it is still just unknown
+                near = difflib.get_close_matches(str(key), list(cls.model_fields), n=1, cutoff=0.5)
                 hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
             valid = ", ".join(cls.model_fields) or "none"
             raise ConfigError(f"Unknown option(s) for {backend}: {', '.join(hints)}. Valid options: {valid} "

@@ -3,7 +3,10 @@ usage error, never an internal error or a hang."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
+import tracemalloc
 
 import pytest
 
@@ -13,12 +16,44 @@ from tuneproxy.errors import DataFileUnreadable
 ANSWER = '{"role": "assistant", "content": "ok"}'
 
 
+def _known_bug(where: str, raises: type[Exception]):
+    """A case that breaks code outside the reader today (reported in issue 8): strict, so the fix shows."""
+    return pytest.mark.xfail(strict=True, raises=raises, reason=f"known bug in {where}")
+
+
+def _user(**fields: object) -> str:
+    return json.dumps({"role": "user", "content": "hi", **fields})
+
+
+def _user_with(raw: str) -> str:
+    """A user message with one more key whose JSON is written as given."""
+    return '{"role": "user", "content": "hi", ' + raw + "}"
+
+
 @pytest.mark.parametrize(("text", "code"), [
     ('{"messages": [{"role": "user", "content": "hi \\ud800 there"}, ' + ANSWER + "]}\n", "TP101"),
     ('{"messages": [{"role": ["user"], "content": "hi"}, ' + ANSWER + "]}\n", "TP302"),
     ('{"messages": [{"role": {"r": 1}, "content": "hi"}, ' + ANSWER + "]}\n", "TP302"),
     ('{"messages": ' + "[" * 5000 + "]" * 5000 + "}\n", "TP101"),
-], ids=["lone-surrogate", "role-is-a-list", "role-is-an-object", "nested-5000-deep"])
+    ('{"messages": [' + _user_with('"n": ' + "1" * 400) + ", " + ANSWER + "]}\n", "TP103"),
+    ('{"messages": [' + _user_with('"n": 1e400') + ", " + ANSWER + "]}\n", "TP103"),
+    ('{"messages": [' + _user_with('"x": ' + "[" * 300 + "]" * 300) + ", " + ANSWER + "]}\n", "TP101"),
+    ('{"messages": [' + _user_with('"n": 18446744073709551616, "text": "\\ud800"') + ", " + ANSWER + "]}\n",
+     "TP101"),
+    pytest.param('{"messages": [' + _user(content=[{"type": "image_url", "image_url": "https://x"}]) + ", "
+                 + ANSWER + "]}\n", "TP303",
+                 marks=_known_bug("rules.py ExampleChecker._parts: .get on a text image_url", AttributeError)),
+    pytest.param('{"messages": [' + _user(content=[{"type": ["text"]}]) + ", " + ANSWER + "]}\n", "TP303",
+                 marks=_known_bug("rules.py ExampleChecker._parts: a list type looked up in a set", TypeError)),
+    pytest.param('{"messages": [' + _user() + ", " + ANSWER + ', {"role": "tool", "content": "r", "tool_call_id": '
+                 '["a"]}]}\n', "TP309",
+                 marks=_known_bug("rules.py ExampleChecker._messages: a list id looked up in a set", TypeError)),
+    pytest.param('{"messages": [' + _user() + ', {"role": "assistant", "content": "ok", "tool_calls": [{"id": "a", '
+                 '"type": "function", "function": {"name": "f", "arguments": "' + "[" * 5000 + '"}}]}]}\n', "TP309",
+                 marks=_known_bug("rules.py ExampleChecker._tool_calls: json.loads recursion", RecursionError)),
+], ids=["lone-surrogate", "role-is-a-list", "role-is-an-object", "nested-5000-deep", "integer-past-a-double",
+        "exponent-past-a-double", "nested-300-deep-in-a-message", "lone-surrogate-after-a-64-bit-integer",
+        "image-url-is-text", "part-type-is-a-list", "tool-call-id-is-a-list", "tool-arguments-nested-5000-deep"])
 def test_malformed_lines_are_findings_at_their_line(tmp_path, text, code):
     path = tmp_path / "data.jsonl"
     valid = '{"messages": [{"role": "user", "content": "a"}, ' + ANSWER + "]}\n"
@@ -33,3 +68,72 @@ def test_a_pipe_is_refused_at_once_instead_of_waiting_for_ever(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(DataFileUnreadable, match="not a regular file"):
         validate(fifo)
+
+
+def _one_huge_line_then_an_example(path, size: int) -> None:
+    """``size`` bytes of one repeated character on line 1 (written a megabyte at a time), then on line 2
+    a valid example whose e-mail address gives a warning that names its line."""
+    with path.open("wb") as handle:
+        for _ in range(size // 1_000_000):
+            handle.write(b"a" * 1_000_000)
+        handle.write(b"\n")
+        handle.write(b'{"messages": [{"role": "user", "content": "mail ann@example.com"}, '
+                     + ANSWER.encode() + b"]}\n")
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "parallel"])
+def test_a_50_mb_line_is_rejected_in_flat_memory_and_the_next_line_keeps_its_number(tmp_path, workers):
+    path = tmp_path / "data.jsonl"
+    _one_huge_line_then_an_example(path, 50_000_000)
+    warm = tmp_path / "warm.jsonl"  # loads the token counter once (tens of MB), outside the measurement
+    warm.write_text('{"messages": [{"role": "user", "content": "a"}, ' + ANSWER + "]}\n")
+    validate(warm)
+    tracemalloc.start()
+    try:
+        report = validate(path, workers=workers)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [f["line"] for f in report.of("TP105")] == [1]
+    assert "50,000,001 bytes" in report.of("TP105")[0]["message"]
+    assert report.stats.examples == 1
+    assert [f["line"] for f in report.of("TP602")] == [2]
+    assert not report.ok
+    assert peak < 10_000_000, f"peak {peak:,} bytes while reading a 50 MB line"
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason="known bug in tokens.py _message_text: joins a part's "
+                   "non-text `text`")
+def test_a_stray_number_text_on_an_image_part_does_not_break_token_counting(tmp_path):
+    path = tmp_path / "data.jsonl"
+    part = {"type": "image_url", "image_url": {"url": "https://x"}, "text": 5}
+    path.write_text('{"messages": [' + _user(content=[part]) + ", " + ANSWER + "]}\n", encoding="utf-8")
+    assert validate(path).stats.examples == 1
+
+
+@pytest.mark.parametrize("line", ['{"messages": ["a"]}', '{"messages": true}',
+                                  '{"input": [[]], "preferred_output": [], "non_preferred_output": []}'],
+                         ids=["messages-of-text", "messages-not-a-list", "input-not-an-object"])
+@pytest.mark.xfail(strict=True, raises=(AttributeError, TypeError), reason="known bug in validate.py "
+                   "_holdout_fingerprints: it fingerprints holdout lines that are no example (examples.py)")
+def test_a_holdout_line_that_is_no_example_does_not_break_validation(tmp_path, line):
+    train, holdout = tmp_path / "train.jsonl", tmp_path / "holdout.jsonl"
+    train.write_text('{"text": "a"}\n')
+    holdout.write_text(line + "\n")
+    assert validate(train, holdout=holdout).stats.examples == 1
+
+
+def test_a_file_of_blank_lines_checked_in_parallel_spans_is_still_empty(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("tuneproxy.dataset.validate"), "PARALLEL_MIN_BYTES", 0)
+    path = tmp_path / "data.jsonl"
+    path.write_text("  \n" * 300)
+    assert [f["line"] for f in validate(path, workers=3).of("TP001")] == [0]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known bug in validate.py _first_format: None when "
+                   "the first object has no format, so later spans do not know the file's")
+def test_a_file_checked_in_parallel_spans_finds_every_line_of_another_format(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("tuneproxy.dataset.validate"), "PARALLEL_MIN_BYTES", 0)
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"foo": 1}\n{"text": "a"}\n{"text": "b"}\n' + '{"prompt": "p", "completion": "c"}\n' * 3)
+    assert [f["line"] for f in validate(path, workers=3).of("TP202")] == [4, 5, 6]

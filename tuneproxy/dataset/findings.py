@@ -38,6 +38,7 @@ _CODE_LIST = [
     Code("TP102", "not-an-object", "error", "A line is valid JSON but not an object."),
     Code("TP103", "non-finite-number", "error", "NaN or Infinity, which JSON does not allow."),
     Code("TP104", "very-long-line", "warning", "A single line over 1 MB."),
+    Code("TP105", "line-too-long", "error", "A single line over 16 MB; it is skipped unread."),
     # the example's shape
     Code("TP201", "unknown-format", "error", "The object matches none of chat, completion, preference, text."),
     Code("TP202", "mixed-formats", "error", "The file mixes formats; a file must use exactly one."),
