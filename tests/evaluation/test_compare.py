@@ -367,3 +367,17 @@ def test_two_scores_for_one_answer_are_refused():
 def test_the_candidate_cannot_also_be_a_baseline():
     with pytest.raises(ValueError, match="once"):
         compare(ITEMS, SCORES, candidate=TUNED, baselines=[TUNED], binary={"exact": True}, slice_by=None)
+
+
+def test_an_item_the_scorer_could_not_judge_for_one_system_is_left_out_for_every_system():
+    items = [Item(id=f"i{n}", messages=[{"role": "user", "content": "q"}], reference="a") for n in range(12)]
+    scores = [Score(system=system, item_id=item.id, scorer="judge", value=1.0) for item in items
+              for system in ("tuned", "base")]
+    # the judge's call failed for the base's answer to i0: not a zero for the base, no item at all
+    scores[1] = Score(system="base", item_id="i0", scorer="judge", value=None, judged=False)
+    results, _, _, _ = compare(items, scores, candidate="tuned", baselines=["base"], binary={"judge": False},
+                               slice_by=None, resamples=200)
+    overall = results[0]
+    assert overall.n == 11
+    assert overall.means == {"tuned": 100.0, "base": 100.0}
+    assert overall.comparisons[0].difference.estimate == 0.0

@@ -145,17 +145,20 @@ def compare(items: Sequence[Item], scores: Sequence[Score], *, candidate: str, b
     _check(items, candidate, baselines, binary, min_slice, alpha)
     systems = [candidate, *baselines]
     outcomes = _outcomes(items, scores, systems, binary)
+    judged = _judged(items, scores, systems, binary)
+    position = {item.id: i for i, item in enumerate(items)}
     groups = _groups(items, slice_by)
     results: list[SliceResult] = []
     verdicts: list[str] = []
     for number, (scorer, is_binary) in enumerate(binary.items()):
+        kept = [(label, rows[judged[scorer][rows]]) for label, rows in groups]  # what the scorer could judge
         scorer_results = [SliceResult(slice=label, scorer=scorer, n=len(rows),
                                       means={s: _points_mean(outcomes[scorer][s][rows]) for s in systems})
-                          for label, rows in groups]
+                          for label, rows in kept if len(rows) or label == OVERALL]
         for baseline in baselines:
             tests = [_test(outcomes[scorer][candidate][rows], outcomes[scorer][baseline][rows], is_binary,
                            min_slice=min_slice, resamples=resamples, seed=seed, alpha=alpha)
-                     for _, rows in groups]
+                     for label, rows in kept if len(rows) or label == OVERALL]
             # The overall is a family of one; Holm corrects across the slices only.
             corrected = [tests[0].p, *holm([t.p for t in tests[1:]])]
             family = sum(t.p is not None for t in tests[1:])
@@ -167,7 +170,8 @@ def compare(items: Sequence[Item], scores: Sequence[Score], *, candidate: str, b
         if number == 0:
             verdicts = [c.line for r in scorer_results for c in r.comparisons]
     flips = [flip for scorer, is_binary in binary.items() if is_binary for baseline in baselines
-             for flip in _flips(items, outcomes[scorer], scorer, candidate, baseline, answers or {})]
+             for flip in _flips(items, outcomes[scorer], scorer, candidate, baseline, answers or {})
+             if judged[scorer][position[flip.item_id]]]
     return results, flips, verdicts, _warnings(groups, min_slice)
 
 
@@ -210,6 +214,18 @@ def _outcomes(items: Sequence[Item], scores: Sequence[Score], systems: Sequence[
     return table
 
 
+def _judged(items: Sequence[Item], scores: Sequence[Score], systems: Sequence[str],
+            binary: Mapping[str, bool]) -> dict[str, npt.NDArray[np.bool_]]:
+    """Scorer → which items every system's answer could be judged on (an item the scorer could not judge
+    for one system is left out for all, so a failed judge call does not count against that system)."""
+    position = {item.id: i for i, item in enumerate(items)}
+    mask = {scorer: np.ones(len(items), dtype=bool) for scorer in binary}
+    for score in scores:
+        if score.scorer in mask and score.system in systems and not score.judged and score.item_id in position:
+            mask[score.scorer][position[score.item_id]] = False
+    return mask
+
+
 def _outcome(score: Score, is_binary: bool) -> float:
     if is_binary:
         return 1.0 if score.passed else 0.0
@@ -217,6 +233,8 @@ def _outcome(score: Score, is_binary: bool) -> float:
 
 
 def _points_mean(values: Array) -> float:
+    if not len(values):
+        return 0.0  # no item could be judged: the comparison says "too few examples"
     return float(values.sum() * 100.0 / len(values))  # summed first: 22 passes of 40 is exactly 55.0
 
 

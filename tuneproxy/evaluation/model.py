@@ -54,6 +54,9 @@ class Score(BaseModel):
     scorer: str
     value: float | None = Field(description="In [0, 1]; None when the answer is missing (counts as 0 in means).")
     passed: bool | None = Field(None, description="For pass/fail scorers; None for graded ones.")
+    judged: bool = Field(True, description="False when the scorer could not judge an answer it was given (a "
+                                           "reference it cannot read, a judge call that failed): the item is "
+                                           "then left out of this scorer's comparison for every system.")
     detail: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -181,7 +181,7 @@ class TextScorer(Scorer):
         value, detail = self.grade(answer.text, item)
         passed = None if value is None or not self.binary else value == 1.0
         return Score(system=answer.system, item_id=answer.item_id, scorer=self.name, value=value,
-                     passed=passed, detail=detail)
+                     passed=passed, judged=value is not None, detail=detail)
 
     @abstractmethod
     def grade(self, text: str, item: Item) -> Grade:
@@ -714,7 +714,7 @@ class RubricJudge(_Judge, Scorer):
                 value = (verdict[0] - 1) / 4
                 detail |= {"score": verdict[0], "reason": verdict[1]}
         return Score(system=answer.system, item_id=answer.item_id, scorer=self.name, value=value, passed=None,
-                     detail=detail)
+                     judged=value is not None, detail=detail)
 
     async def ascore_many(self, answers: Sequence[Answer], items: Mapping[str, Item],
                           concurrency: int = 4) -> list[Score]:
