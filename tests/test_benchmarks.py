@@ -52,3 +52,17 @@ def test_local_train_benchmark_quick():
         figure(out, rf"^\s+{re.escape(label)}\s+{NUMBER}\s")  # tokens/s
     figure(out, rf"speed ratio {NUMBER}x; peak memory ratio [0-9.]+x")
     figure(out, rf"speed ratio [0-9.]+x; peak memory ratio {NUMBER}x")
+
+
+def test_eval_benchmark_quick():
+    out = run_quick("bench_eval.py")
+    for label in ("tuneproxy Runner (cache + ledger)", "openai SDK + asyncio.gather (baseline)"):
+        figure(out, rf"^{re.escape(label)}\s+[0-9.]+ s\s+{NUMBER} answers/s\s+[0-9.]+% of bound")
+    figure(out, rf"^ratio tuneproxy / baseline throughput: {NUMBER}x")
+    for label in ("tuneproxy Runner", "openai SDK + gather (SDK retries 2)"):
+        line = re.search(rf"^{re.escape(label)}\s+answered (\d+)/(\d+), lost (\d+), counted twice (\d+)", out,
+                         re.MULTILINE)
+        assert line, out
+        answered, asked, lost, twice = map(int, line.groups())
+        assert (answered, lost, twice) == (asked, 0, 0), line.group(0)
+    figure(out, rf"^rate-limited prompts: {NUMBER} of")

@@ -50,7 +50,7 @@ def deployment(deployment_id="dep-1", state="ready", **over) -> Deployment:
 def test_new_ledger_is_at_the_latest_schema_in_wal_mode(isolated_home):
     ledger = Ledger()
     assert ledger.path == isolated_home / "state.db"
-    assert ledger.version == len(MIGRATIONS) == 2
+    assert ledger.version == len(MIGRATIONS) == 3
     assert ledger.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -113,7 +113,7 @@ def test_a_schema_1_ledger_is_migrated_with_every_row_kept(tmp_path):
     path = tmp_path / "state.db"
     _schema_1_database(path)
     ledger = Ledger(path)
-    assert ledger.version == 2
+    assert ledger.version == len(MIGRATIONS)
 
     sub = ledger.submission("i1")
     assert (sub.state, sub.job_id, sub.request, sub.options) == (

@@ -495,6 +495,85 @@ def _current(ledger: Any, deployment: Any, ask: Callable[[], Any]) -> Any:
     return current
 
 
+@app.command("eval")
+def eval_(
+    job_id: Annotated[str | None, typer.Argument(help="The job whose tuned model to evaluate (id or its start).")]
+    = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Evaluation JSONL (default: what the job's fit held "
+                                                             "out; examples it trained on are refused).")] = None,
+    baseline: Annotated[list[str] | None, typer.Option(
+        "--baseline", "-b", help="Compare with: base, few-shot:K, another job id, or URL#MODEL for an "
+                                 "OpenAI-compatible server (repeatable; default: base).")] = None,
+    scorer: Annotated[list[str] | None, typer.Option(
+        "--scorer", "-s", help="exact, normalized, json, json_fields, label:FIELD, token_f1, rouge_l, regex:P, "
+                               "contains:T, json_schema:FILE, python:MODULE:FUNCTION, judge:RUBRIC (repeatable; "
+                               "default: chosen from the references; docs/scorers.md).")] = None,
+    slice_by: Annotated[str | None, typer.Option("--slice", help="Metadata key to compare per value of.")] = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", help="Evaluate an OpenAI-compatible server's "
+                                                                    "model instead of a job (with --model).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="The model name at --endpoint.")] = None,
+    judge: Annotated[str | None, typer.Option("--judge", help="URL#MODEL of the LLM judge for judge: scorers.")]
+    = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the HTML report here.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the Markdown report here.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight per system.")] = 8,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per answer.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap (and of generation, where honoured).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a tuned model against its base (and other baselines) on held-out data, per slice."""
+    from tuneproxy.contract import GenerationParams
+    from tuneproxy.evaluation.evaluate import Evaluation
+    from tuneproxy.evaluation.plan import baseline_systems, candidate_system, holdout_items, url_system
+    from tuneproxy.evaluation.runner import Runner
+    from tuneproxy.evaluation.scorers import default_scorers, scorer_from_spec
+    from tuneproxy.ledger import Ledger
+
+    if (job_id is None) == (endpoint is None):
+        raise ConfigError("Name what to evaluate: a job id, or --endpoint URL with --model M.")
+    if endpoint is not None and (model is None or data is None):
+        raise ConfigError("--endpoint needs --model (the model's name there) and --data (what to ask).")
+    with _warnings_shown():
+        ledger = Ledger()
+        tuned = _attach(job_id).result() if job_id else None
+        if tuned is not None:
+            items = holdout_items(tuned, data, slice_by)
+            candidate = candidate_system(tuned)
+        else:
+            from tuneproxy.dataset.validate import load_examples
+            from tuneproxy.evaluation.items import to_items
+
+            assert endpoint is not None and model is not None
+            items, candidate = to_items(load_examples(data), slice_by), url_system(endpoint, model)
+        judge_endpoint = None
+        if judge:
+            url, _, judge_model = judge.partition("#")
+            judge_endpoint = url_system(url, judge_model).endpoint
+        scorers = ([scorer_from_spec(spec, judge=judge_endpoint) for spec in scorer] if scorer
+                   else default_scorers(items))
+        evaluation = Evaluation(
+            candidate=candidate, baselines=baseline_systems(tuned, baseline or (["base"] if tuned else []), slice_by),
+            items=items, scorers=scorers,
+            runner=Runner(ledger, concurrency=concurrency, show_progress=not as_json),
+            slice_by=slice_by, params=GenerationParams(max_tokens=max_tokens, seed=seed),
+            job_id=tuned.job_id if tuned else None,
+            events=ledger.events(tuned.provider, tuned.job_id) if tuned else (), seed=seed)
+        result = evaluation.run()
+    if report is not None:
+        report.write_text(result.to_html(), encoding="utf-8")
+    if markdown is not None:
+        markdown.write_text(result.to_markdown(), encoding="utf-8")
+    if as_json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+        return
+    from tuneproxy.evaluation import report as rendering
+
+    rendering.terminal(result, console)
+    for path in (report, markdown):
+        if path is not None:
+            console.print(f"Report written to {path}", highlight=False)
+
+
 def main() -> None:
     """Entry point: run the app, turning tuneproxy errors into messages and exit codes."""
     try:

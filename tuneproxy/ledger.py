@@ -1,4 +1,5 @@
-"""The ledger: an embedded SQLite database of submissions, jobs, events, deployments and costs.
+"""The ledger: an embedded SQLite database of submissions, jobs, events, deployments, costs and the
+evaluation's answer cache.
 
 It is how a job survives a crash of the client (a submission's intent row is written *before* any paid
 call, and gets the job id as soon as the service answers), how a duplicate paid submission is
@@ -30,7 +31,17 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from tuneproxy.contract import Clock, CostEstimate, Deployment, JobEvent, JobRecord, QuantityKind, utc_now
+from tuneproxy.contract import (
+    Clock,
+    Completion,
+    CostEstimate,
+    Deployment,
+    GenerationParams,
+    JobEvent,
+    JobRecord,
+    QuantityKind,
+    utc_now,
+)
 from tuneproxy.errors import JobNotFound, LedgerUnusable, TuneproxyError, redact
 from tuneproxy.paths import home, private_folder
 
@@ -144,6 +155,28 @@ MIGRATIONS: list[str] = [
         deleted_at    TEXT,
         record        TEXT NOT NULL,
         PRIMARY KEY (provider, deployment_id)
+    );
+    """,
+    # 3: the evaluation's answer cache: one successful answer per endpoint, generation settings and item,
+    # so a rerun after Ctrl-C or a crash asks only for what is missing. ``prompt_sha256`` is the prompt
+    # the answer was given to (an item whose prompt changed is asked again).
+    """
+    CREATE TABLE answers (
+        endpoint_key      TEXT NOT NULL,
+        params_hash       TEXT NOT NULL,
+        item_id           TEXT NOT NULL,
+        prompt_sha256     TEXT NOT NULL,
+        provider          TEXT NOT NULL,
+        model             TEXT NOT NULL,
+        params            TEXT NOT NULL,
+        text              TEXT NOT NULL,
+        finish_reason     TEXT NOT NULL,
+        prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd          REAL,
+        latency_s         REAL NOT NULL DEFAULT 0,
+        created_at        TEXT NOT NULL,
+        PRIMARY KEY (endpoint_key, params_hash, item_id)
     );
     """,
 ]
@@ -279,6 +312,25 @@ class CostRow(BaseModel):
     price_source: str | None = None
     authoritative: bool = False
     basis: str
+
+
+class CachedAnswer(BaseModel):
+    """One answer in the evaluation's answer cache: what an endpoint said to one item, and what it cost."""
+
+    item_id: str
+    prompt_sha256: str
+    model: str
+    text: str
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    latency_s: float = 0.0
+    created_at: dt.datetime
+
+
+def _cached_answer(row: sqlite3.Row) -> CachedAnswer:
+    return CachedAnswer(**{key: row[key] for key in CachedAnswer.model_fields})
 
 
 def _job_record(row: sqlite3.Row) -> JobRecord:
@@ -778,6 +830,56 @@ class Ledger:
                                                              record.intent_id)).fetchall()
         return self._read_all("costs", rows, ("id",), _cost_row)
 
+    # -- the answer cache (evaluation) ----------------------------------------------------------------
+    # Keyed by the endpoint (a name for the endpoint and its model), a hash of the generation settings and
+    # the item. The endpoint key is stored redacted (it may be a URL), and looked up the same way.
+    ANSWER_LOOKUP_CHUNK = 500  # item ids per query: well under SQLite's limit on bound parameters
+
+    def cached_answers(self, endpoint_key: str, params_hash: str, item_ids: Iterable[str]) -> dict[str, CachedAnswer]:
+        """The cached answers of these items, by item id (a row that cannot be read is left out, with a
+        :class:`LedgerRowWarning`: that item is asked again)."""
+        key = redact(endpoint_key)
+        wanted = list(dict.fromkeys(item_ids))
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(wanted), self.ANSWER_LOOKUP_CHUNK):
+            chunk = wanted[start:start + self.ANSWER_LOOKUP_CHUNK]
+            rows += self.db.execute(
+                f"SELECT * FROM answers WHERE endpoint_key = ? AND params_hash = ? AND item_id IN "
+                f"({', '.join('?' * len(chunk))})", (key, params_hash, *chunk)).fetchall()
+        found = self._read_all("answers", rows, ("endpoint_key", "params_hash", "item_id"), _cached_answer)
+        return {answer.item_id: answer for answer in found}
+
+    def save_answer(self, endpoint_key: str, params_hash: str, item_id: str, completion: Completion, *,
+                    prompt_sha256: str, provider: str, model: str, params: GenerationParams) -> None:
+        """Cache one successful answer (its text stored with any key it holds removed) and, when it was
+        priced, record its cost as an ``inference`` row — both in one short transaction, so an answer is
+        cached exactly when its cost is recorded, and a crash keeps every answer saved before it. An
+        answer already cached for this key (a row that could not be read, or one to another prompt) is
+        replaced."""
+        key = redact(endpoint_key)
+        usage = completion.usage
+        with self._transaction():
+            self.db.execute(
+                """INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (endpoint_key, params_hash, item_id) DO UPDATE SET
+                     prompt_sha256 = excluded.prompt_sha256, provider = excluded.provider,
+                     model = excluded.model, params = excluded.params, text = excluded.text,
+                     finish_reason = excluded.finish_reason, prompt_tokens = excluded.prompt_tokens,
+                     completion_tokens = excluded.completion_tokens, cost_usd = excluded.cost_usd,
+                     latency_s = excluded.latency_s, created_at = excluded.created_at""",
+                (key, params_hash, item_id, prompt_sha256, provider, model, params.model_dump_json(),
+                 redact(completion.text), completion.finish_reason, usage.prompt_tokens, usage.completion_tokens,
+                 completion.cost_usd, completion.latency_s, self._now()),
+            )
+            if completion.cost_usd is not None:
+                self.db.execute(
+                    "INSERT INTO costs (recorded_at, provider, kind, model, usd, basis) "
+                    "VALUES (?, ?, 'inference', ?, ?, ?)",
+                    (self._now(), provider, model, completion.cost_usd,
+                     f"answer to item {item_id} from {key}: {usage.prompt_tokens} input + "
+                     f"{usage.completion_tokens} output tokens"),
+                )
+
     def spend(self) -> dict[str, float]:
         """Billed dollars per provider, all time: each job's latest bill once (a schema-1 ledger may hold
         two billed rows of one job, written by racing clients; both are kept, one is counted)."""
@@ -787,5 +889,5 @@ class Ledger:
         return {r["provider"]: r["usd"] or 0.0 for r in rows}
 
 
-__all__ = ["MIGRATIONS", "CostRow", "DeploymentNotFound", "Ledger", "LedgerRowWarning", "Rows", "SkippedRow",
-           "Submission", "SubmissionInProgress", "SubmissionState", "UnreadableRow"]
+__all__ = ["MIGRATIONS", "CachedAnswer", "CostRow", "DeploymentNotFound", "Ledger", "LedgerRowWarning", "Rows",
+           "SkippedRow", "Submission", "SubmissionInProgress", "SubmissionState", "UnreadableRow"]

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from tuneproxy.contract import Deployable, Deployment, Endpoint, JobEvent, JobRecord, Provider
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from tuneproxy.contract import Deployable, Deployment, Endpoint, GenerationParams, JobEvent, JobRecord, Provider
 from tuneproxy.errors import ConfigError
 from tuneproxy.ledger import CostRow, Ledger
+
+if TYPE_CHECKING:
+    from tuneproxy.evaluation.model import EvalReport
+    from tuneproxy.evaluation.scorers import Scorer
 
 
 class TunedModel:
@@ -81,3 +88,32 @@ class TunedModel:
     def costs(self) -> list[CostRow]:
         """Every cost row for this job: estimates before it, the bill after."""
         return self._ledger.job_costs(self.record)
+
+    def evaluate(self, holdout: Any = None, *, baselines: Sequence[str | Endpoint] = ("base",),
+                 scorers: Sequence[str | Scorer] | None = None, slice_by: str | None = None,
+                 params: GenerationParams | None = None, concurrency: int = 8, show_progress: bool = True,
+                 judge: Endpoint | None = None, resamples: int = 10_000, seed: int = 0) -> EvalReport:
+        """The tuned model against ``baselines`` on held-out data, per slice, with 95% intervals.
+
+        ``holdout``: a path or records; by default exactly what this job's fit held out (examples the job
+        trained on are refused). ``baselines``: ``base`` (the base model, the data's system prompt kept),
+        ``few-shot:K`` (the base shown K training examples first), another job's id, ``URL#MODEL`` for an
+        OpenAI-compatible server, or an :class:`Endpoint`. ``scorers``: names such as ``exact``,
+        ``json_fields``, ``label:category`` (docs/scorers.md), or :class:`Scorer` objects; by default chosen
+        from the references' shape. ``slice_by``: a metadata key to compare per value of. Answers are cached
+        in the ledger: a rerun asks only what is missing. Generation is greedy (temperature 0) by default.
+        """
+        from tuneproxy.evaluation.evaluate import Evaluation
+        from tuneproxy.evaluation.plan import baseline_systems, candidate_system, holdout_items
+        from tuneproxy.evaluation.runner import Runner
+        from tuneproxy.evaluation.scorers import default_scorers, scorer_from_spec
+
+        items = holdout_items(self, holdout, slice_by)
+        chosen = (default_scorers(items) if scorers is None else
+                  [s if not isinstance(s, str) else scorer_from_spec(s, judge=judge) for s in scorers])
+        evaluation = Evaluation(
+            candidate=candidate_system(self), baselines=baseline_systems(self, baselines, slice_by), items=items,
+            scorers=chosen, runner=Runner(self._ledger, concurrency=concurrency, show_progress=show_progress),
+            slice_by=slice_by, params=params or GenerationParams(), job_id=self.job_id,
+            events=self._ledger.events(self.provider, self.job_id), resamples=resamples, seed=seed)
+        return evaluation.run()

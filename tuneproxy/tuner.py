@@ -18,7 +18,7 @@ from typing import Any, Literal, overload
 
 from pydantic import ValidationError
 
-from tuneproxy import registry
+from tuneproxy import holdouts, registry
 from tuneproxy.contract import (
     PORTABLE_HYPERPARAMETERS,
     Clock,
@@ -211,6 +211,8 @@ class Tuner:
         if isinstance(claimed, JobRecord):
             return self._follow_earlier(claimed, wait)
         submission, fresh = claimed
+        if held:  # kept with the job, so that evaluate() asks exactly what was held out
+            holdouts.save(submission.intent_id, data, held, train)
         with JobDisplay(enabled=self.show_progress, clock=self.clock) as display:
             try:
                 found = None if fresh else self._reconcile(submission.intent_id)

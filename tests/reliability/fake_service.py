@@ -72,6 +72,8 @@ class FakeService:
         # a hostile service: given (method, path, the Authorization header), an answer to send instead
         self.override: Callable[[str, str, str], Answer | None] | None = None
         self.failure: str | None = None  # the failure message the job ends with instead of succeeding
+        # chat completions: given the model and the messages, the reply (an answer to evaluate)
+        self.chat: Callable[[str, list[dict[str, Any]]], str] | None = None
         self.lock = threading.Lock()
         self.ids = itertools.count(1)
         self.server = QuietServer(("127.0.0.1", 0), self._handler())
@@ -181,6 +183,12 @@ class FakeOpenAI(FakeService):
 
     def route(self, method: str, path: str, query: dict[str, list[str]], payload: bytes) -> Answer:
         jobs = "/v1/fine_tuning/jobs"
+        if (method, path) == ("POST", "/v1/chat/completions") and self.chat is not None:
+            request = json.loads(payload)
+            body = self.body("POST", "/v1/chat/completions")
+            body["model"] = request["model"]
+            body["choices"][0]["message"]["content"] = self.chat(request["model"], request["messages"])
+            return 200, {}, body
         if (method, path) == ("POST", "/v1/files"):
             body = self.body("POST", "/v1/files")
             body.update(id=self.next_id("file-"), bytes=len(payload))

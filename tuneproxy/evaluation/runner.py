@@ -21,11 +21,11 @@ import asyncio
 import concurrent.futures
 import hashlib
 import json
+import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
@@ -46,7 +46,6 @@ from tuneproxy.evaluation.model import Answer, Item
 from tuneproxy.ledger import CachedAnswer, Ledger
 
 Sleep = Callable[[float], Awaitable[None]]
-T = TypeVar("T")
 
 
 def params_hash(params: GenerationParams) -> str:
@@ -108,7 +107,9 @@ class Pace:
 class Runner:
     """Asks endpoints for answers to items, through the ledger's answer cache (see the module docstring).
 
-    ``retries``: how many more times a transient failure is asked (0: never). ``console``: where progress
+    ``ledger``: the ledger whose file keeps the answers (the runner reads and writes it through a
+    connection of its own, on a thread of its own). ``retries``: how many more times a transient failure
+    is asked (0: never), waiting at most ``max_backoff`` seconds between tries. ``console``: where progress
     goes (default stderr): a live bar with rate, ETA and running cost on a terminal, a plain line every
     tenth of the items otherwise, nothing with ``show_progress=False``. ``sleep`` is the seam tests use to
     skip the backoff's waits.
@@ -167,53 +168,75 @@ class Runner:
 class _AnswerCache:
     """The ledger's answer cache through a connection of its own, on a thread of its own: saving an answer
     (a short transaction, synced to disk) never holds up the requests in flight, and the cache works from
-    whatever thread the event loop runs in (a notebook's :func:`run_blocking` uses a worker thread)."""
+    whatever thread the event loop runs in (a notebook's :func:`run_blocking` uses a worker thread).
+
+    Answers are handed to the thread as they arrive; the thread saves everything handed over since it last
+    looked, one transaction per answer, so a busy run wakes it once per handful of answers, not per answer.
+    """
 
     def __init__(self, ledger: Ledger) -> None:
         self.path = ledger.path
         self.clock = ledger.clock
         self.thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneproxy-answers")
         self.ledger: Ledger | None = None  # opened on the thread, the only one that uses it
-        self.saving: set[asyncio.Future[None]] = set()
-        self.unsaved: list[BaseException] = []
+        self.lock = threading.Lock()
+        self.pending: list[Callable[[Ledger], None]] = []
+        self.flush_queued = False
+        self.unsaved: list[Exception] = []
 
-    def _on_thread(self, work: Callable[[Ledger], T]) -> asyncio.Future[T]:
-        def call() -> T:
-            if self.ledger is None:
-                self.ledger = Ledger(self.path, clock=self.clock)
-            return work(self.ledger)
+    def _open(self) -> Ledger:
+        if self.ledger is None:
+            self.ledger = Ledger(self.path, clock=self.clock)
+        return self.ledger
 
-        return asyncio.get_running_loop().run_in_executor(self.thread, call)
-
-    async def lookup(self, endpoint_key: str, params_hash: str, item_ids: Iterable[str]) -> dict[str, CachedAnswer]:
-        return await self._on_thread(lambda ledger: ledger.cached_answers(endpoint_key, params_hash, item_ids))
+    async def lookup(self, endpoint_key: str, params_hash: str, item_ids: list[str]) -> dict[str, CachedAnswer]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.thread, lambda: self._open().cached_answers(endpoint_key, params_hash, item_ids))
 
     def save(self, endpoint_key: str, params_hash: str, item_id: str, completion: Completion, *,
              prompt_sha256: str, provider: str, model: str, params: GenerationParams) -> None:
-        """Save one answer (in the background: :meth:`close` waits for every save)."""
-        saving = self._on_thread(lambda ledger: ledger.save_answer(
-            endpoint_key, params_hash, item_id, completion, prompt_sha256=prompt_sha256, provider=provider,
-            model=model, params=params))
-        self.saving.add(saving)
-        saving.add_done_callback(self._saved)
+        """Hand one answer to the thread to save (:meth:`close` waits until every one is saved)."""
+        def work(ledger: Ledger) -> None:
+            ledger.save_answer(endpoint_key, params_hash, item_id, completion, prompt_sha256=prompt_sha256,
+                               provider=provider, model=model, params=params)
 
-    def _saved(self, saving: asyncio.Future[None]) -> None:
-        self.saving.discard(saving)
-        if not saving.cancelled() and saving.exception() is not None:
-            self.unsaved.append(saving.exception())  # type: ignore[arg-type]
+        with self.lock:
+            self.pending.append(work)
+            if self.flush_queued:
+                return
+            self.flush_queued = True
+        self.thread.submit(self._flush)
+
+    def _flush(self) -> None:
+        """On the thread: save every answer handed over so far."""
+        while True:
+            with self.lock:
+                batch, self.pending = self.pending, []
+                if not batch:
+                    self.flush_queued = False
+                    return
+            for work in batch:
+                try:
+                    work(self._open())
+                except Exception as exc:  # reported at close; the answer is returned anyway
+                    self.unsaved.append(exc)
 
     async def close(self) -> None:
-        """Wait for every save, then close the connection; answers that could not be saved are a warning
-        (they are returned all the same, and a rerun asks for them again)."""
-        try:
-            # shielded: a Ctrl-C while waiting still lets every answer received reach the disk
-            await asyncio.shield(asyncio.gather(*self.saving, return_exceptions=True))
+        """Save what is still pending and close the connection; answers that could not be saved are a
+        warning (they are returned all the same, and a rerun asks for them again)."""
+        def finish() -> None:
+            self._flush()
             if self.ledger is not None:
-                await self._on_thread(lambda ledger: ledger.close())
+                self.ledger.close()
+
+        try:
+            # shielded, and the thread waited for: a Ctrl-C now still lets every answer received reach the disk
+            await asyncio.shield(asyncio.get_running_loop().run_in_executor(self.thread, finish))
         finally:
             self.thread.shutdown(wait=True)
         if self.unsaved:
-            warnings.warn(f"{len(self.unsaved)} answers could not be saved in the answer cache at {self.path} "
+            what = "1 answer" if len(self.unsaved) == 1 else f"{len(self.unsaved)} answers"
+            warnings.warn(f"{what} could not be saved in the answer cache at {self.path} "
                           f"({_reason(self.unsaved[0])}); a rerun asks for them again.", RuntimeWarning,
                           stacklevel=3)
 
