@@ -33,12 +33,16 @@ def test_the_offline_replay_example_runs_verbatim(tmp_path):
     assert not (tmp_path / ".tuneproxy").exists()  # the example's own fresh home was used
 
 
-def test_the_python_example_type_checks_strictly(tmp_path):
+def test_the_python_examples_type_check_strictly(tmp_path):
     pytest.importorskip("mypy")
-    example = tmp_path / "example.py"
-    example.write_text(block("typed-example"), encoding="utf-8")
+    examples = re.findall(r"<!-- typed-example:[^>]*-->\s*```\w*\n(.*?)```", README, re.S)
+    assert len(examples) == 2  # fitting, and evaluating
+    paths = []
+    for number, text in enumerate(examples):
+        paths.append(tmp_path / f"example_{number}.py")
+        paths[-1].write_text(text, encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-                           "--cache-dir", str(tmp_path / "cache"), str(example)],
+                           "--cache-dir", str(tmp_path / "cache"), *map(str, paths)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -514,6 +514,8 @@ def eval_(
     model: Annotated[str | None, typer.Option("--model", "-m", help="The model name at --endpoint.")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="URL#MODEL of the LLM judge for judge: scorers.")]
     = None,
+    deployment: Annotated[str | None, typer.Option("--deployment", help="Ask the tuned model on this paid "
+                                                                        "deployment (`deployments list`).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the HTML report here.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the Markdown report here.")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight per system.")] = 8,
@@ -538,7 +540,7 @@ def eval_(
         tuned = _attach(job_id).result() if job_id else None
         if tuned is not None:
             items = holdout_items(tuned, data, slice_by)
-            candidate = candidate_system(tuned)
+            candidate = candidate_system(tuned, ledger.deployment(deployment) if deployment else None)
         else:
             from tuneproxy.dataset.validate import load_examples
             from tuneproxy.evaluation.items import to_items

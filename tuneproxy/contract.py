@@ -433,6 +433,9 @@ class Endpoint(ABC):
     """
 
     model: str
+    # True when a batch is answered faster than its items one by one (a local model generating them
+    # together): the evaluation runner then sends this endpoint batches through acomplete_many.
+    batches: bool = False
     sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)  # type: ignore[assignment]
     rate_limit_retries: int = 4
     max_rate_limit_wait: float = 60.0  # a longer wait asked for is cut to this, then the item is retried

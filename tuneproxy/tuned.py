@@ -68,6 +68,13 @@ class TunedModel:
                 "for comparison. Deploy it on a dedicated endpoint and compare against that.")
         return self._provider.endpoint(serving)
 
+    def deployed_endpoint(self, deployment: Deployment) -> Endpoint:
+        """Generates with the tuned model on ``deployment``, a paid one started with :meth:`deploy`."""
+        if deployment.state != "ready" or not deployment.serving_model:
+            raise ConfigError(f"Deployment {deployment.deployment_id} is {deployment.state}, not ready to answer: "
+                              f"`tuneproxy deployments show {deployment.deployment_id}` follows it.")
+        return self._provider.endpoint(deployment.serving_model)
+
     def deploy(self, hardware: str | None = None) -> Deployment:
         """Start a paid dedicated deployment of the tuned model (billed by the hour until deleted with
         ``tuneproxy deployments delete``); recorded in the ledger. Only where the backend needs one."""
@@ -92,7 +99,8 @@ class TunedModel:
     def evaluate(self, holdout: Any = None, *, baselines: Sequence[str | Endpoint] = ("base",),
                  scorers: Sequence[str | Scorer] | None = None, slice_by: str | None = None,
                  params: GenerationParams | None = None, concurrency: int = 8, show_progress: bool = True,
-                 judge: Endpoint | None = None, resamples: int = 10_000, seed: int = 0) -> EvalReport:
+                 judge: Endpoint | None = None, deployment: Deployment | None = None, resamples: int = 10_000,
+                 seed: int = 0) -> EvalReport:
         """The tuned model against ``baselines`` on held-out data, per slice, with 95% intervals.
 
         ``holdout``: a path or records; by default exactly what this job's fit held out (examples the job
@@ -102,6 +110,8 @@ class TunedModel:
         ``json_fields``, ``label:category`` (docs/scorers.md), or :class:`Scorer` objects; by default chosen
         from the references' shape. ``slice_by``: a metadata key to compare per value of. Answers are cached
         in the ledger: a rerun asks only what is missing. Generation is greedy (temperature 0) by default.
+        ``deployment``: ask the tuned model on this paid deployment (where the backend serves a tuned model
+        only on one; nothing is deployed here). ``judge``: the endpoint that grades ``judge:`` scorers.
         """
         from tuneproxy.evaluation.evaluate import Evaluation
         from tuneproxy.evaluation.plan import baseline_systems, candidate_system, holdout_items
@@ -112,7 +122,8 @@ class TunedModel:
         chosen = (default_scorers(items) if scorers is None else
                   [s if not isinstance(s, str) else scorer_from_spec(s, judge=judge) for s in scorers])
         evaluation = Evaluation(
-            candidate=candidate_system(self), baselines=baseline_systems(self, baselines, slice_by), items=items,
+            candidate=candidate_system(self, deployment), baselines=baseline_systems(self, baselines, slice_by),
+            items=items,
             scorers=chosen, runner=Runner(self._ledger, concurrency=concurrency, show_progress=show_progress),
             slice_by=slice_by, params=params or GenerationParams(), job_id=self.job_id,
             events=self._ledger.events(self.provider, self.job_id), resamples=resamples, seed=seed)

@@ -94,3 +94,22 @@ def test_a_fit_keeps_its_holdout_privately_and_evaluation_refuses_what_it_traine
     held = sum(example_id(r) not in set(kept.trained) for r in records[:20])
     with pytest.raises(DatasetError, match=f"{20 - held} of the 20 evaluation examples were trained on"):
         holdout_items(tuned, trained_on)
+
+
+def test_on_a_deployment_the_candidate_is_asked_at_its_serving_name_and_only_once_it_is_ready():
+    from tuneproxy.contract import Deployment, JobRecord, JobStatus
+    from tuneproxy.evaluation.plan import candidate_system
+    from tuneproxy.ledger import Ledger
+    from tuneproxy.providers.together import TogetherProvider
+    from tuneproxy.tuned import TunedModel
+
+    record = JobRecord(provider="together", job_id="ft-1", base_model="meta-llama/Meta-Llama-3.1-8B-Instruct",
+                       status=JobStatus.SUCCEEDED, raw_status="completed", tuned_model="acme/llama-tuned")
+    tuned = TunedModel(TogetherProvider(api_key="tgp_v1_testkeytestkey"), record, Ledger())
+    ready = Deployment(provider="together", deployment_id="dep-1", model="acme/llama-tuned",
+                       serving_model="acme/llama-tuned-dep-1", state="ready", raw_state="STARTED")
+    system = candidate_system(tuned, ready)
+    assert system.endpoint.model == "acme/llama-tuned-dep-1"
+    assert system.key == "together:acme/llama-tuned-dep-1"  # its answers are not the serverless model's
+    with pytest.raises(ConfigError, match="dep-1 is creating"):
+        candidate_system(tuned, ready.model_copy(update={"state": "creating"}))

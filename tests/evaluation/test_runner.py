@@ -370,14 +370,16 @@ def test_a_per_minute_limit_spaces_requests_evenly():
 
 def test_a_tokens_per_minute_limit_counts_the_prompt_and_what_may_be_generated(ledger):
     waits: list[float] = []
+    now = [0.0]  # the limit's clock moves only when it waits: no real time leaks into the count
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
+        now[0] += seconds
 
     asked = items(3)
     tokens = approximate_tokens(asked[0].messages) + 10
     with FakeChatServer() as server:
-        answers = runner(ledger, concurrency=1, tokens_per_minute=6000, sleep=sleep).run(
+        answers = runner(ledger, concurrency=1, tokens_per_minute=6000, sleep=sleep, clock=lambda: now[0]).run(
             "base", endpoint(server), "fake", asked, GenerationParams(max_tokens=10))
     assert all(a.ok for a in answers)
     assert len(waits) == 2 and all(0 < w <= 2 * tokens * 0.01 for w in waits)
@@ -477,3 +479,47 @@ def test_a_schema_2_ledger_gains_the_answer_cache_with_every_row_kept(tmp_path):
     assert ledger.cached_answers("k", "h", ["item-0", "item-9"])["item-0"].text == "hi"
     assert [(c.kind, c.usd) for c in ledger.costs()] == [("billed", 4.2), ("inference", 0.5)]
     assert ledger.spend() == {"together": 4.2}  # inference is not a job's bill
+
+
+class BatchingEndpoint(Endpoint):
+    """An endpoint that batches (like the local model): records each batch it was asked; one prompt's
+    outcome is a transient failure the first time, and one a lasting failure."""
+
+    batches = True
+
+    def __init__(self) -> None:
+        self.model = "batching"
+        self.batch_sizes: list[int] = []
+        self.flaky_failed = False
+
+    async def _generate(self, messages, params):
+        return Completion(text=f"single:{messages[-1]['content']}", finish_reason="stop")
+
+    async def acomplete_many(self, batch, params=None, *, concurrency=4, **overrides):
+        self.batch_sizes.append(len(batch))
+        outcomes = []
+        for messages in batch:
+            question = messages[-1]["content"]
+            if question == "q3" and not self.flaky_failed:
+                self.flaky_failed = True
+                outcomes.append(ServiceUnreachable("the worker restarted", provider="local"))
+            elif question == "q5":
+                outcomes.append(NotFound("out of memory", provider="local"))
+            else:
+                outcomes.append(Completion(text=f"batched:{question}", finish_reason="stop"))
+        return outcomes
+
+
+def test_an_endpoint_that_batches_is_sent_batches_and_a_transient_failure_is_asked_again_alone(tmp_path):
+    items = [Item(id=f"i{n}", messages=[{"role": "user", "content": f"q{n}"}], reference="") for n in range(10)]
+    endpoint = BatchingEndpoint()
+    async def no_wait(seconds: float) -> None:
+        return None
+
+    runner = Runner(Ledger(tmp_path / "state.db"), concurrency=4, show_progress=False, sleep=no_wait)
+    answers = runner.run("local", endpoint, "local:batching", items)
+    assert endpoint.batch_sizes == [4, 4, 2]
+    assert [a.text for a in answers] == [
+        "batched:q0", "batched:q1", "batched:q2", "single:q3", "batched:q4", None,
+        "batched:q6", "batched:q7", "batched:q8", "batched:q9"]
+    assert "out of memory" in answers[5].error

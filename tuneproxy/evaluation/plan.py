@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneproxy import holdouts
-from tuneproxy.contract import Endpoint
+from tuneproxy.contract import Deployment, Endpoint
 from tuneproxy.dataset.examples import Example
 from tuneproxy.dataset.validate import load_examples
 from tuneproxy.errors import ConfigError, DatasetError
@@ -57,8 +57,10 @@ def training_examples(tuned: TunedModel) -> list[Example]:
     return [ex for ex in load_examples(kept.data) if holdouts.example_id(ex.record) in trained]
 
 
-def candidate_system(tuned: TunedModel) -> System:
-    return System(name="tuned", kind="tuned", endpoint=tuned.endpoint, key=f"{tuned.provider}:{tuned.tuned_model}")
+def candidate_system(tuned: TunedModel, deployment: Deployment | None = None) -> System:
+    """The tuned model as the candidate: served by its backend, or on ``deployment`` when given."""
+    endpoint = tuned.endpoint if deployment is None else tuned.deployed_endpoint(deployment)
+    return System(name="tuned", kind="tuned", endpoint=endpoint, key=f"{tuned.provider}:{endpoint.model}")
 
 
 def baseline_systems(tuned: TunedModel | None, specs: Sequence[BaselineSpec],

@@ -117,7 +117,8 @@ class Runner:
 
     def __init__(self, ledger: Ledger, *, concurrency: int = 8, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, show_progress: bool = True, retries: int = 3,
-                 max_backoff: float = 30.0, console: Console | None = None, sleep: Sleep = asyncio.sleep) -> None:
+                 max_backoff: float = 30.0, console: Console | None = None, sleep: Sleep = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1 (got {concurrency}).")
         if retries < 0:
@@ -134,6 +135,7 @@ class Runner:
         self.max_backoff = max_backoff
         self.console = console
         self.sleep = sleep
+        self.clock = clock  # the per-minute limits' clock (a test seam, with sleep)
 
     def run(self, system: str, endpoint: Endpoint, endpoint_key: str, items: Sequence[Item],
             params: GenerationParams | None = None) -> list[Answer]:
@@ -260,8 +262,9 @@ class _Batch:
         self.answers: dict[str, Answer] = {}
         # made in the running loop: an asyncio primitive belongs to the loop that first uses it
         self.gate = asyncio.Semaphore(runner.concurrency)
-        self.requests = Pace(runner.requests_per_minute, runner.sleep) if runner.requests_per_minute else None
-        self.tokens = Pace(runner.tokens_per_minute, runner.sleep) if runner.tokens_per_minute else None
+        self.requests = (Pace(runner.requests_per_minute, runner.sleep, runner.clock)
+                         if runner.requests_per_minute else None)
+        self.tokens = Pace(runner.tokens_per_minute, runner.sleep, runner.clock) if runner.tokens_per_minute else None
 
     async def read_cache(self) -> None:
         """Take the answers the cache holds for these items (given to the same prompt)."""
@@ -270,12 +273,35 @@ class _Batch:
                              if row.prompt_sha256 == self.prompts[item_id]})
 
     async def ask_missing(self, shown: _ProgressDisplay) -> None:
+        missing = [item for item_id, item in self.unique.items() if item_id not in self.answers]
+        if self.endpoint.batches:
+            await self._ask_in_batches(missing, shown)
+            return
+
         async def one(item: Item) -> None:
             answer = await self._answer(item)
             self.answers[item.id] = answer
             shown.advance(answer)
 
-        await asyncio.gather(*(one(item) for item_id, item in self.unique.items() if item_id not in self.answers))
+        await asyncio.gather(*(one(item) for item in missing))
+
+    async def _ask_in_batches(self, missing: Sequence[Item], shown: _ProgressDisplay) -> None:
+        """An endpoint that answers a batch faster than one item at a time (a local model) gets batches of
+        ``concurrency`` items; an item whose outcome is a transient error is then asked again on its own."""
+        size = self.runner.concurrency
+        for start in range(0, len(missing), size):
+            chunk = missing[start:start + size]
+            outcomes = await self.endpoint.acomplete_many([item.messages for item in chunk], self.params,
+                                                          concurrency=size)
+            for item, outcome in zip(chunk, outcomes, strict=True):
+                if isinstance(outcome, Completion):
+                    answer = self._accept(item, outcome)
+                elif transient(outcome):
+                    answer = await self._answer(item)
+                else:
+                    answer = Answer(system=self.system, item_id=item.id, error=_reason(outcome))
+                self.answers[item.id] = answer
+                shown.advance(answer)
 
     async def _answer(self, item: Item) -> Answer:
         retrying = AsyncRetrying(
@@ -286,6 +312,10 @@ class _Batch:
             completion = await retrying(self._ask, item.messages)
         except Exception as exc:  # one item's failure is its answer; the others go on
             return Answer(system=self.system, item_id=item.id, error=_reason(exc))
+        return self._accept(item, completion)
+
+    def _accept(self, item: Item, completion: Completion) -> Answer:
+        """Keep a received answer: saved to the cache (as it arrives), and returned as the cache keeps it."""
         self.cache.save(
             self.endpoint_key, self.params_hash, item.id, completion, prompt_sha256=self.prompts[item.id],
             provider=getattr(self.endpoint, "provider", "") or "unknown", model=self.endpoint.model,
