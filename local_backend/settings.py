@@ -106,7 +106,11 @@ class _ProcessOptions(ProviderOptions):
     @classmethod
     def _expand(cls, home: Path) -> Path:
         # absolute, so a job submitted from one folder can be followed from another (the ledger keeps it)
-        return home.expanduser().resolve()
+        try:
+            return home.expanduser().resolve()
+        except (RuntimeError, OSError) as exc:  # "~someone" with no such user; a symlink loop
+            raise ValueError(f"cannot use {str(home)!r} as the jobs folder ({exc}); give an existing "
+                             "user's ~ or a plain path") from None
 
 
 class LocalOptions(TrainingOptions, _ProcessOptions):

@@ -128,7 +128,8 @@ def _message_text(message: Message) -> str:
     if isinstance(content, str):
         text = content
     elif isinstance(content, list):
-        text = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        # every part's text, whatever its type (an image part may carry a caption); a non-string is no text
+        text = "".join(t for p in content if isinstance(p, dict) and isinstance(t := p.get("text"), str))
     else:
         text = ""
     calls = message.get("tool_calls")

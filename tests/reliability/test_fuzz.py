@@ -56,16 +56,15 @@ DEEP = st.integers(1, 1200).map(nested)
 # -- records: the shapes validation knows, filled with the wrong things -------------------------------------
 ROLE = st.one_of(st.sampled_from(["system", "user", "assistant", "tool", "function", "developer", "", "User"]),
                  JSON)
-# Known bugs outside the reader, kept out of the strategies until fixed (each is an xfail case in
-# test_hostile_data.py): a part's "type" and a "tool_call_id" that are lists or objects, a part's "text" that
-# is not text, an "image_url" that is not an object, tool-call arguments nested past the recursion limit.
-HASHABLE = SCALARS
 PART = st.fixed_dictionaries(
-    {"type": st.one_of(st.sampled_from(["text", "image_url", "input_audio", "file", "refusal", "bogus"]), HASHABLE)},
-    optional={"text": TEXT, "image_url": st.fixed_dictionaries({}, optional={"url": st.one_of(TEXT, JSON)})},
+    {"type": st.one_of(st.sampled_from(["text", "image_url", "input_audio", "file", "refusal", "bogus"]), JSON)},
+    optional={"text": st.one_of(TEXT, JSON),
+              "image_url": st.one_of(st.fixed_dictionaries({}, optional={"url": st.one_of(TEXT, JSON)}), JSON)},
 )
 CONTENT = st.one_of(TEXT, st.lists(PART, max_size=3), JSON)
-ARGUMENTS = st.one_of(st.builds(json.dumps, JSON), TEXT, st.integers(1, 150).map(lambda n: "[" * n + "]" * n))
+# arguments are a JSON string, so the reader's depth limit does not reach what they nest
+ARGUMENTS = st.one_of(st.builds(json.dumps, JSON), TEXT, st.integers(1, 5000).map(lambda n: "[" * n + "]" * n),
+                      st.integers(1, 5000).map(lambda n: "[" * n))
 TOOL_CALL = st.fixed_dictionaries({
     "id": st.one_of(TEXT, JSON), "type": st.just("function"),
     "function": st.one_of(st.fixed_dictionaries({"name": st.one_of(TEXT, JSON), "arguments": ARGUMENTS}), JSON),
@@ -76,7 +75,7 @@ MESSAGE = st.builds(
     st.dictionaries(TEXT, JSON, max_size=1),
     st.fixed_dictionaries({"role": ROLE}, optional={
         "content": CONTENT, "weight": WEIGHT, "tool_calls": st.one_of(st.lists(TOOL_CALL, max_size=2), JSON),
-        "tool_call_id": HASHABLE, "name": st.one_of(TEXT, JSON), "nested": DEEP,
+        "tool_call_id": st.one_of(TEXT, JSON), "name": st.one_of(TEXT, JSON), "nested": DEEP,
     }),
 )
 MESSAGES = st.one_of(st.lists(MESSAGE, max_size=5), JSON)
@@ -159,6 +158,24 @@ def test_any_records_give_documented_findings_at_lines_they_have(tmp_path, data)
     _assert_documented(validate(path), data)
 
 
+# A holdout file (followed by the training lines, so some of it leaks) or a holdout list of records.
+HOLDOUT = st.one_of(files(), st.lists(st.one_of(RECORD, JSON), max_size=5))
+
+
+@fuzz(100)
+@given(data=files(), holdout=HOLDOUT)
+@example(data=b'{"text": "a"}\n', holdout=b'{"messages": ["a"]}\n{"messages": true}\n'
+         b'{"input": [[]], "preferred_output": [], "non_preferred_output": []}\n')  # lines that are no example
+def test_any_holdout_gives_documented_findings_at_lines_of_the_training_file(tmp_path, data, holdout):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(data)
+    if isinstance(holdout, bytes):
+        holdout_path = tmp_path / "holdout.jsonl"
+        holdout_path.write_bytes(holdout + b"\n" + data)
+        holdout = holdout_path
+    _assert_documented(validate(path, holdout=holdout), data)
+
+
 @fuzz(40)
 @given(data=files())
 def test_reading_in_tiny_chunks_gives_the_same_report(tmp_path, data):
@@ -183,11 +200,6 @@ def test_every_line_over_the_ceiling_is_skipped_at_its_own_number(tmp_path, data
         assert [f["line"] for f in report.of("TP105")] == [n for n, size in enumerate(sizes, 1) if size > limit]
 
 
-def _comparable(report) -> set[tuple[str, int]]:
-    # CRLF endings are counted per span and reported once by each
-    return {(f["code"], f["line"]) for f in report.findings if f["code"] != "TP005"}
-
-
 @pytest.mark.skipif(not validate_module._can_fork(), reason="parallel validation forks")
 @fuzz(25)
 @given(data=files(st.one_of(LINE, st.builds(encode, st.just({"text": "same"}), st.just(True)))))
@@ -197,9 +209,7 @@ def test_a_file_checked_in_parallel_spans_gives_the_one_process_findings(tmp_pat
     alone = validate(path, workers=1)
     with mock.patch.object(validate_module, "PARALLEL_MIN_BYTES", 0):
         spans = validate(path, workers=3)
-    if alone.of("TP004") or alone.of("TP008"):
-        return  # binary or a JSON array: one process stops at it, later spans do not know to
-    assert _comparable(spans) == _comparable(alone)
+    assert (spans.findings, spans.counts, spans.format) == (alone.findings, alone.counts, alone.format)
     assert (spans.stats.examples, spans.stats.total_tokens) == (alone.stats.examples, alone.stats.total_tokens)
 
 
@@ -236,18 +246,12 @@ FIELDS = sorted({name for backend in registry.names()
                  for name in registry.provider_class(backend).Options.model_fields})
 OPTION_KEY = st.one_of(st.sampled_from(FIELDS), TEXT, st.integers())
 OPTION_VALUE = st.one_of(JSON, st.sampled_from(["inf", "-1", "0", "1e999", "true", "yes", "nf4", "all-linear",
-                                                "/tmp", "~", "null"]))
-
-
-def _home_is_not_under_another_user(values: dict) -> bool:
-    # "~someone": see test_a_home_under_an_unknown_user_is_a_config_error
-    home = values.get("home")
-    return not (isinstance(home, str) and home.startswith("~") and home[1:2] not in ("", "/"))
+                                                "/tmp", "~", "~no-such-user-here", "null"]))
 
 
 @pytest.mark.parametrize("provider", registry.names())
 @fuzz(60)
-@given(values=st.dictionaries(OPTION_KEY, OPTION_VALUE, max_size=3).filter(_home_is_not_under_another_user))
+@given(values=st.dictionaries(OPTION_KEY, OPTION_VALUE, max_size=3))
 @example(values={5: "x"})  # a key that is not text
 def test_any_options_are_an_options_object_or_a_config_error(provider, values):
     options_class = registry.provider_class(provider).Options
@@ -258,10 +262,8 @@ def test_any_options_are_an_options_object_or_a_config_error(provider, values):
     assert isinstance(options, options_class)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="local_backend/settings.py _ProcessOptions._expand lets Path.expanduser's RuntimeError out")
-def test_a_home_under_an_unknown_user_is_a_config_error():
-    with pytest.raises(ConfigError):
+def test_a_home_under_an_unknown_user_is_a_config_error_naming_the_option():
+    with pytest.raises(ConfigError, match="home"):
         registry.provider_class("local").Options.parse({"home": "~no-such-user-here/jobs"})
 
 

@@ -10,15 +10,11 @@ import tracemalloc
 
 import pytest
 
+from tuneproxy.contract import DatasetRules
 from tuneproxy.dataset import validate
 from tuneproxy.errors import DataFileUnreadable
 
 ANSWER = '{"role": "assistant", "content": "ok"}'
-
-
-def _known_bug(where: str, raises: type[Exception]):
-    """A case that breaks code outside the reader today (reported in issue 8): strict, so the fix shows."""
-    return pytest.mark.xfail(strict=True, raises=raises, reason=f"known bug in {where}")
 
 
 def _user(**fields: object) -> str:
@@ -40,17 +36,13 @@ def _user_with(raw: str) -> str:
     ('{"messages": [' + _user_with('"x": ' + "[" * 300 + "]" * 300) + ", " + ANSWER + "]}\n", "TP101"),
     ('{"messages": [' + _user_with('"n": 18446744073709551616, "text": "\\ud800"') + ", " + ANSWER + "]}\n",
      "TP101"),
-    pytest.param('{"messages": [' + _user(content=[{"type": "image_url", "image_url": "https://x"}]) + ", "
-                 + ANSWER + "]}\n", "TP303",
-                 marks=_known_bug("rules.py ExampleChecker._parts: .get on a text image_url", AttributeError)),
-    pytest.param('{"messages": [' + _user(content=[{"type": ["text"]}]) + ", " + ANSWER + "]}\n", "TP303",
-                 marks=_known_bug("rules.py ExampleChecker._parts: a list type looked up in a set", TypeError)),
-    pytest.param('{"messages": [' + _user() + ", " + ANSWER + ', {"role": "tool", "content": "r", "tool_call_id": '
-                 '["a"]}]}\n', "TP309",
-                 marks=_known_bug("rules.py ExampleChecker._messages: a list id looked up in a set", TypeError)),
-    pytest.param('{"messages": [' + _user() + ', {"role": "assistant", "content": "ok", "tool_calls": [{"id": "a", '
-                 '"type": "function", "function": {"name": "f", "arguments": "' + "[" * 5000 + '"}}]}]}\n', "TP309",
-                 marks=_known_bug("rules.py ExampleChecker._tool_calls: json.loads recursion", RecursionError)),
+    ('{"messages": [' + _user(content=[{"type": "image_url", "image_url": "https://x"}]) + ", " + ANSWER + "]}\n",
+     "TP303"),
+    ('{"messages": [' + _user(content=[{"type": ["text"]}]) + ", " + ANSWER + "]}\n", "TP303"),
+    ('{"messages": [' + _user() + ", " + ANSWER + ', {"role": "tool", "content": "r", "tool_call_id": ["a"]}]}\n',
+     "TP309"),
+    ('{"messages": [' + _user() + ', {"role": "assistant", "content": "ok", "tool_calls": [{"id": "a", "type": '
+     '"function", "function": {"name": "f", "arguments": "' + "[" * 5000 + '"}}]}]}\n', "TP309"),
 ], ids=["lone-surrogate", "role-is-a-list", "role-is-an-object", "nested-5000-deep", "integer-past-a-double",
         "exponent-past-a-double", "nested-300-deep-in-a-message", "lone-surrogate-after-a-64-bit-integer",
         "image-url-is-text", "part-type-is-a-list", "tool-call-id-is-a-list", "tool-arguments-nested-5000-deep"])
@@ -102,8 +94,6 @@ def test_a_50_mb_line_is_rejected_in_flat_memory_and_the_next_line_keeps_its_num
     assert peak < 10_000_000, f"peak {peak:,} bytes while reading a 50 MB line"
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="known bug in tokens.py _message_text: joins a part's "
-                   "non-text `text`")
 def test_a_stray_number_text_on_an_image_part_does_not_break_token_counting(tmp_path):
     path = tmp_path / "data.jsonl"
     part = {"type": "image_url", "image_url": {"url": "https://x"}, "text": 5}
@@ -114,8 +104,6 @@ def test_a_stray_number_text_on_an_image_part_does_not_break_token_counting(tmp_
 @pytest.mark.parametrize("line", ['{"messages": ["a"]}', '{"messages": true}',
                                   '{"input": [[]], "preferred_output": [], "non_preferred_output": []}'],
                          ids=["messages-of-text", "messages-not-a-list", "input-not-an-object"])
-@pytest.mark.xfail(strict=True, raises=(AttributeError, TypeError), reason="known bug in validate.py "
-                   "_holdout_fingerprints: it fingerprints holdout lines that are no example (examples.py)")
 def test_a_holdout_line_that_is_no_example_does_not_break_validation(tmp_path, line):
     train, holdout = tmp_path / "train.jsonl", tmp_path / "holdout.jsonl"
     train.write_text('{"text": "a"}\n')
@@ -130,10 +118,41 @@ def test_a_file_of_blank_lines_checked_in_parallel_spans_is_still_empty(tmp_path
     assert [f["line"] for f in validate(path, workers=3).of("TP001")] == [0]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known bug in validate.py _first_format: None when "
-                   "the first object has no format, so later spans do not know the file's")
 def test_a_file_checked_in_parallel_spans_finds_every_line_of_another_format(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.import_module("tuneproxy.dataset.validate"), "PARALLEL_MIN_BYTES", 0)
     path = tmp_path / "data.jsonl"
     path.write_text('{"foo": 1}\n{"text": "a"}\n{"text": "b"}\n' + '{"prompt": "p", "completion": "c"}\n' * 3)
     assert [f["line"] for f in validate(path, workers=3).of("TP202")] == [4, 5, 6]
+
+
+def test_crlf_endings_checked_in_parallel_spans_are_one_finding_with_the_file_total(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("tuneproxy.dataset.validate"), "PARALLEL_MIN_BYTES", 0)
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b'{"text": "a"}\r\n' * 1200)
+    crlf = validate(path, workers=3).of("TP005")
+    assert [(f["line"], f["message"].split()[0]) for f in crlf] == [(1, "1,200")]
+    assert crlf == validate(path, workers=1).of("TP005")
+
+
+@pytest.mark.parametrize(("text", "code"), [
+    ('{"text": "a"}\n' * 100 + '{"text": "\x00"}\n' + '{"foo": 1}\n' * 200, "TP004"),
+    ("[\n" + '{"text": "a"},\n' * 300 + "{}]\n", "TP008"),
+], ids=["nul-byte", "json-array"])
+def test_reading_stops_at_a_file_wide_verdict_in_parallel_spans_too(tmp_path, monkeypatch, text, code):
+    monkeypatch.setattr(importlib.import_module("tuneproxy.dataset.validate"), "PARALLEL_MIN_BYTES", 0)
+    path = tmp_path / "data.jsonl"
+    path.write_text(text)
+    report = validate(path, workers=3)
+    assert code in report.counts
+    assert "TP201" not in report.counts and "TP101" not in report.counts
+    assert report.counts == validate(path, workers=1).counts
+
+
+def test_a_format_the_service_does_not_train_on_is_found_once_when_it_starts_in_a_later_span(tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.setattr(importlib.import_module("tuneproxy.dataset.validate"), "PARALLEL_MIN_BYTES", 0)
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"foo": 1}\n' * 300 + '{"text": "a"}\n' * 300)
+    report = validate(path, rules=DatasetRules(), workers=3)
+    assert [f["line"] for f in report.of("TP204")] == [301]
+    assert report.format == "text"

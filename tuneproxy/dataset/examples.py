@@ -46,9 +46,16 @@ def content_text(content: Any) -> str:
         return content
     if isinstance(content, list):
         return "".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+            text for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(text := part.get("text"), str)
         )
     return ""
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
+    """The message objects of a list (nothing when ``value`` is no list): an unchecked record, such as a
+    holdout line, can hold anything there."""
+    return [m for m in value if isinstance(m, dict)] if isinstance(value, list) else []
 
 
 @dataclass(slots=True)
@@ -70,13 +77,16 @@ class Example:
         """The example as a chat conversation (the training target is the last assistant turn).
 
         Completion becomes user → assistant, preference uses the input and the preferred output, text
-        is one assistant turn.
+        is one assistant turn. Only message objects are kept: a record that failed validation may hold
+        anything else.
         """
         r = self.record
         if self.format == "chat":
-            return list(r.get("messages") or [])
+            return _messages(r.get("messages"))
         if self.format == "preference":
-            return list((r.get("input") or {}).get("messages") or []) + list(r.get("preferred_output") or [])
+            inp = r.get("input")
+            return _messages(inp.get("messages") if isinstance(inp, dict) else None) + _messages(
+                r.get("preferred_output"))
         if self.format == "completion":
             return [{"role": "user", "content": r.get("prompt", "")},
                     {"role": "assistant", "content": r.get("completion", "")}]
@@ -101,9 +111,8 @@ class Example:
         for msg in self.messages():
             yield content_text(msg.get("content"))
         if self.format == "preference":
-            for msg in self.record.get("non_preferred_output") or []:
-                if isinstance(msg, dict):
-                    yield content_text(msg.get("content"))
+            for msg in _messages(self.record.get("non_preferred_output")):
+                yield content_text(msg.get("content"))
 
     def folded(self) -> str:
         """The conversation's roles and texts with whitespace and case folded: equal for near-copies."""

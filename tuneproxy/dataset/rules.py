@@ -129,7 +129,7 @@ class ExampleChecker:
                 call_ids.update(self._tool_calls(msg, line, path, out))
                 if has_content and msg.get("weight", 1) != 0:
                     learnable = True
-            if role == "tool" and msg.get("tool_call_id") not in call_ids:
+            if role == "tool" and not _answers(msg.get("tool_call_id"), call_ids):
                 out.append(finding("tool-call-invalid", line, f"{path}.tool_call_id", "A tool message must "
                                    "answer an earlier assistant tool call: set `tool_call_id` to that call's id."))
             if role == "system" and i > 0 and rules.system_only_first:
@@ -175,7 +175,7 @@ class ExampleChecker:
         for j, part in enumerate(parts):
             ppath = f"{path}[{j}]"
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind not in CONTENT_PART_TYPES:
+            if not isinstance(kind, str) or kind not in CONTENT_PART_TYPES:
                 out.append(finding("content-invalid", line, ppath, "A content part must be an object with "
                                    f"`type` one of {', '.join(sorted(CONTENT_PART_TYPES))}."))
                 ok = False
@@ -183,7 +183,7 @@ class ExampleChecker:
                 out.append(finding("content-invalid", line, f"{ppath}.text", "A text part needs a non-empty "
                                    "`text` string."))
                 ok = False
-            elif kind == "image_url" and not isinstance((part.get("image_url") or {}).get("url"), str):
+            elif kind == "image_url" and not _is_image(part.get("image_url")):
                 out.append(finding("content-invalid", line, f"{ppath}.image_url", "An image part needs "
                                    '`image_url: {"url": "..."}`.'))
                 ok = False
@@ -225,6 +225,8 @@ class ExampleChecker:
                     json.loads(fn["arguments"])
                 except ValueError:
                     problem = "has `function.arguments` that is not valid JSON"
+                except RecursionError:
+                    problem = "has `function.arguments` nested too deeply to read as JSON"
             if problem:
                 out.append(finding("tool-call-invalid", line, cpath, f"This tool call {problem}."))
             else:
@@ -264,6 +266,15 @@ class ExampleChecker:
                                    'one assistant message, e.g. [{"role": "assistant", "content": "..."}].'))
             else:
                 self._content(value[0], "assistant", line, f"{key}[0]", out)
+
+
+def _is_image(image: Any) -> bool:
+    return isinstance(image, dict) and isinstance(image.get("url"), str)
+
+
+def _answers(call_id: Any, call_ids: set[str]) -> bool:
+    """Whether a tool message's ``tool_call_id`` names an earlier call (any other JSON value names none)."""
+    return isinstance(call_id, str) and call_id in call_ids
 
 
 def scan_text(text: str, line: int, path: str) -> list[Finding]:

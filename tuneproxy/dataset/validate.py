@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from tuneproxy.contract import DatasetRules, Stats
 from tuneproxy.dataset.examples import Example, detect_format
-from tuneproxy.dataset.findings import Finding, Findings, finding
+from tuneproxy.dataset.findings import BY_NAME, Finding, Findings, finding
 from tuneproxy.dataset.reader import Span, check_path, iter_objects, read_jsonl, split_spans
 from tuneproxy.dataset.rules import ExampleChecker, scan_text
 from tuneproxy.errors import DatasetError
@@ -118,6 +118,8 @@ def _percentile(hist: Counter, total: int, q: float) -> int:
 
 
 PARALLEL_MIN_BYTES = 8_000_000
+_STOPS_READING = frozenset({BY_NAME["binary-file"].code, BY_NAME["json-array-file"].code})
+_CRLF = BY_NAME["crlf-line-endings"].code
 
 
 @dataclass
@@ -195,7 +197,8 @@ def validate(
     )
     return Report(
         source=str(source) if path is not None else "<records>",
-        service=service, model=model, format=parts[0].format, ok=findings.errors == 0,
+        service=service, model=model, format=next((p.format for p in parts if p.format), None),
+        ok=findings.errors == 0,
         errors=findings.errors, warnings=findings.warnings, counts=dict(sorted(findings.counts.items())),
         findings=[f.to_dict() for f in findings], stats=stats, file_bytes=size,
     )
@@ -208,9 +211,22 @@ def _run(job: _Job, source: Any, path: Path | None, workers: int | None) -> list
         return [_check_span(job, path or source, Span())]
     spans = split_spans(path, workers)
     first = _first_format(path)
-    jobs = [job] + [replace(job, expected_format=first)] * (len(spans) - 1)
+    # a span after the file's first example is told its format; the span holding it finds it itself
+    jobs = [replace(job, expected_format=first) if first and span.first_line > first[1] else job
+            for span in spans]
     with get_context("fork").Pool(len(spans)) as pool:
-        return pool.starmap(_check_span, [(j, path, span) for j, span in zip(jobs, spans)])
+        return _until_stopped(pool.starmap(_check_span, [(j, path, span) for j, span in zip(jobs, spans)]))
+
+
+def _until_stopped(parts: list[_Part]) -> list[_Part]:
+    """The parts up to the one where reading stopped (binary data or a JSON array): one process reads no
+    further, so what later spans found is dropped."""
+    for i, part in enumerate(parts):
+        if part.findings.codes() & _STOPS_READING:
+            for dropped in parts[i + 1:]:
+                Path(dropped.fingerprints).unlink(missing_ok=True)
+            return parts[:i + 1]
+    return parts
 
 
 def _can_fork() -> bool:
@@ -218,10 +234,11 @@ def _can_fork() -> bool:
 
 
 def _first_format(path: Path) -> tuple[str, int] | None:
-    """The format of the file's first example and its line, so later spans can spot a mix."""
+    """The format of the file's first object that has one, and its line, so later spans can spot a mix."""
     for line, obj in read_jsonl(path, Findings(keep=0)):
         fmt = detect_format(obj)
-        return (fmt, line) if fmt else None
+        if fmt:
+            return fmt, line
     return None
 
 
@@ -279,9 +296,22 @@ def _check_span(job: _Job, source: Path | Iterable[Any], span: Span) -> _Part:
 def _merge(parts: list[_Part], keep: int) -> tuple[Findings, int]:
     merged = Findings(keep=keep)
     for part in parts:
-        for code in sorted(part.findings.codes()):
+        for code in sorted(part.findings.codes() - {_CRLF}):
             merged.merge(code, part.findings.counts[code], part.findings.severity[code], part.findings.kept[code])
+    crlf = [part.findings for part in parts if _CRLF in part.findings.counts]
+    # where reading stopped early (binary data), the reader never gets to its CRLF count
+    if crlf and not any(part.findings.codes() & _STOPS_READING for part in parts):
+        kept = [f for findings in crlf for f in findings.kept[_CRLF]]
+        merged.merge(_CRLF, 1, crlf[0].severity[_CRLF], [_all_crlf_lines(kept)] if kept else [])
     return merged, sum(p.examples for p in parts)
+
+
+def _all_crlf_lines(per_span: list[Finding]) -> Finding:
+    """One CRLF finding for the file: the first span's line, every span's count. The reader states a
+    span's count only as its message's first word ("1,234 lines end with CRLF ...")."""
+    total = sum(int(f.message.split(" ", 1)[0].replace(",", "")) for f in per_span)
+    first = per_span[0]
+    return replace(first, message=f"{total:,}{first.message[first.message.index(' '):]}")
 
 
 class _Scanner:
