@@ -3,6 +3,7 @@ schema, and the self-contained HTML page — checked as parsed elements, and in 
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
@@ -106,11 +107,49 @@ def test_terminal_colours_a_regression_red(report):
 
 def test_markdown_has_a_table_per_scorer_with_the_numbers(report):
     markdown = to_markdown(report)
-    assert "## exact" in markdown and "## token_f1" in markdown
+    assert "## label:category" in markdown and "## json_fields" in markdown
     assert "| slice | n | tuned | base | few-shot:8 | vs | difference [95%] | p | Holm p |" in markdown
     assert "|  |  |  |  |  | few-shot:8 | -17.8 [-31.1, -4.4] | 0.021 | 0.042 | +1 / -9 | worse |" in markdown
     assert f"- {REGRESSION_LINE}" in markdown
     assert "| few-shot:8 | llama-3.1-8b-instruct | few-shot | 178 | 2 | $0.53 | $2.95 |" in markdown
+
+
+def terminal_figures(report: EvalReport) -> dict[str, dict[str, list[str]]]:
+    """The terminal's dataset-figure tables: scorer → figure → one cell per system."""
+    console = Console(file=io.StringIO(), width=220, record=True)
+    terminal(report, console)
+    tables: dict[str, dict[str, list[str]]] = {}
+    for line in console.export_text().splitlines():
+        if line.strip().endswith("(%, all items)"):
+            rows = tables.setdefault(line.strip().removesuffix(" (%, all items)"), {})
+        elif line.count("│") == 5 and "figure" not in line:
+            cells = [cell.strip() for cell in line.split("│")[1:-1]]
+            rows[cells[0]] = cells[1:]
+    return tables
+
+
+def test_terminal_shows_each_scorers_headline_dataset_figures_per_system(report):
+    tables = terminal_figures(report)
+    assert tables["label:category"] == {"accuracy": ["71.7%", "43.9%", "67.8%"],
+                                        "macro_f1": ["71.3%", "44.4%", "68.9%"]}  # per-label P/R/F1: detail
+    assert tables["json_fields"] == {"micro_f1": ["83.9%", "63.6%", "81.4%"], "macro_f1": ["83.9%", "63.6%", "81.4%"],
+                                     "f1[category]": ["73.1%", "45.3%", "68.7%"],
+                                     "f1[action]": ["94.6%", "81.9%", "94.1%"]}
+
+
+def test_markdown_has_a_table_of_every_dataset_figure_per_scorer(report):
+    markdown = to_markdown(report)
+    assert "### label:category: dataset-level figures" in markdown
+    assert "| figure | tuned | base | few-shot:8 |" in markdown
+    assert "| macro_f1 | 71.3% | 44.4% | 68.9% |" in markdown
+    assert "| recall[security] | 48.9% | 35.6% | 66.7% |" in markdown  # the security slice's means
+    assert "| micro_recall | 82.2% | 61.7% | 80.3% |" in markdown  # json_fields' overall means
+    assert "| f1[action] | 94.6% | 81.9% | 94.1% |" in markdown
+
+
+def test_a_report_without_dataset_figures_shows_no_figures_table(report):
+    bare = report.model_copy(update={"aggregates": {}})
+    assert "dataset-level figures" not in to_markdown(bare) and "dataset-level figures" not in to_html(bare)
 
 
 def test_markdown_escapes_answers_so_they_cannot_inject_markup_or_break_a_table(report):
@@ -156,6 +195,34 @@ def test_html_escapes_hostile_answers(report, page):
     assert "<script>alert" not in markup and "&lt;script&gt;alert(&#x27;owned&#x27;)&lt;/script&gt;" in markup
     assert page.all("img") == []
     assert HOSTILE_ANSWER in "".join(page.text)  # the reader sees the answer as text, exactly
+
+
+def html_figures(markup: str) -> dict[str, dict[str, list[str]]]:
+    """The HTML page's dataset-figure tables: scorer (its section's id) → figure → one cell per system."""
+    tables = {}
+    for section in re.findall(r'<section class="scorer" id="scorer-([^"]+)">(.*?)</section>', markup, re.S):
+        figures = re.search(r'<div class="figures">.*?<tbody>(.*?)</tbody>', section[1], re.S)
+        if figures:
+            rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in figures.group(1).split("</tr>") if row]
+            tables[section[0]] = {html.unescape(row[0]): row[1:] for row in rows}
+    return tables
+
+
+def test_html_has_a_table_of_every_dataset_figure_in_each_scorers_section(report):
+    tables = html_figures(to_html(report))
+    assert set(tables) == {"label-category", "json-fields"}
+    labels, fields = tables["label-category"], tables["json-fields"]
+    assert labels["accuracy"] == ["71.7%", "43.9%", "67.8%"] and labels["macro_f1"] == ["71.3%", "44.4%", "68.9%"]
+    assert labels["recall[security]"] == ["48.9%", "35.6%", "66.7%"]  # the security slice's means
+    assert fields["micro_recall"] == ["82.2%", "61.7%", "80.3%"]  # json_fields' overall means
+    assert fields["f1[category]"] == ["73.1%", "45.3%", "68.7%"] and len(fields) == 4 + 3 * 2
+
+
+def test_html_escapes_figure_names_that_come_from_answers(report):
+    report.aggregates["json_fields"]["tuned"]["f1[<img src=x onerror=alert(1)>]"] = 0.0
+    page = Page(to_html(report))
+    assert page.all("img") == []
+    assert "f1[<img src=x onerror=alert(1)>]" in page.text
 
 
 def test_html_opens_with_the_job_candidate_items_date_and_the_verdicts(report, page):

@@ -83,8 +83,8 @@ class Evaluation:
             created_at=utc_now().astimezone(dt.timezone.utc), job_id=self.job_id, candidate=self.candidate.name,
             systems=[self._info(system, answers[system.name]) for system in systems],
             scorers=[s.name for s in self.scorers], slice_by=self.slice_by, items=len(self.items),
-            results=results, flips=flips, verdicts=verdicts, warnings=warnings + self._failures(answers),
-            loss_curve=loss_curve(self.events))
+            results=results, aggregates=self._aggregates(answers), flips=flips, verdicts=verdicts,
+            warnings=warnings + self._failures(answers), loss_curve=loss_curve(self.events))
 
     async def _score(self, answers: dict[str, list[Answer]]) -> list[Score]:
         items = {item.id: item for item in self.items}
@@ -93,6 +93,18 @@ class Evaluation:
             for listed in answers.values():
                 scores += await scorer.ascore_many(listed, items)
         return scores
+
+    def _aggregates(self, answers: dict[str, list[Answer]]) -> dict[str, dict[str, dict[str, float]]]:
+        """Each scorer's dataset-level figures per system (macro-F1, per-field F1); a scorer without any, or
+        a system it has none for, is left out."""
+        items = {item.id: item for item in self.items}
+        figures: dict[str, dict[str, dict[str, float]]] = {}
+        for scorer in self.scorers:
+            per_system = {name: found for name, listed in answers.items()
+                          if (found := scorer.aggregate([(a, items[a.item_id]) for a in listed]))}
+            if per_system:
+                figures[scorer.name] = per_system
+        return figures
 
     def _info(self, system: System, answers: list[Answer]) -> SystemInfo:
         answered = [a for a in answers if a.ok]

@@ -141,6 +141,13 @@ class EvalReport(BaseModel):
     slice_by: str | None = None
     items: int
     results: list[SliceResult] = Field(description="Per scorer and slice; the slice '(all)' is every item.")
+    aggregates: dict[str, dict[str, dict[str, float]]] = Field(
+        default_factory=dict,
+        description="Dataset-level figures that are not a mean of item scores, in [0, 1]: scorer name → system "
+                    "name → figure → value, e.g. aggregates['label:category']['tuned']['macro_f1']. Only "
+                    "scorers that have such figures (classification and label:FIELD: accuracy, macro_f1 and "
+                    "per-label precision/recall/F1; json_fields: micro precision/recall/F1, macro_f1 and "
+                    "per-field precision/recall/F1) appear.")
     flips: list[Flip] = Field(default_factory=list)
     verdicts: list[str] = Field(default_factory=list, description="One plain line per slice, and overall.")
     warnings: list[str] = Field(default_factory=list)

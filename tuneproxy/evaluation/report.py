@@ -35,6 +35,11 @@ def _difference(comparison: Comparison) -> str:
     return "-" if d is None else f"{d.estimate:+.1f} [{d.low:+.1f}, {d.high:+.1f}]"
 
 
+def _percent(value: float | None) -> str:
+    """A figure in [0, 1] as a percentage."""
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
 def _p(value: float | None) -> str:
     if value is None:
         return "-"
@@ -101,6 +106,31 @@ def _rows(report: EvalReport, scorer: str) -> Iterator[tuple[list[str], Comparis
             yield [*(head if i == 0 else [""] * len(head)), *cells], comparison
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Dataset-level figures (macro-F1, per-field F1): per scorer, one row per figure, one column per system
+
+HEADLINE_FIGURES = ("accuracy", "micro_f1", "macro_f1")
+PER_FIELD_SCORER = "json_fields"  # its per-field F1 are headline figures; a label's P/R/F1 are detail
+AGGREGATES_NOTE = ("Over every item, not per slice, in percent; a missing answer counts as wrong. Macro-F1 "
+                   "weighs every label (or field) the same however rare it is, so a system that ignores a rare "
+                   "label loses here what its accuracy hides.")
+
+
+def _headline(scorer: str, figure: str) -> bool:
+    return figure in HEADLINE_FIGURES or (scorer == PER_FIELD_SCORER and figure.startswith("f1["))
+
+
+def _aggregate_table(report: EvalReport, scorer: str, headline_only: bool) -> tuple[list[str], list[list[str]]]:
+    """The columns and rows of a scorer's figures: every figure any system has, in the scorer's order, or
+    only the headline ones (all of them, for a scorer that has none of those)."""
+    by_system = report.aggregates.get(scorer, {})
+    figures = list(dict.fromkeys(name for found in by_system.values() for name in found))
+    if headline_only:
+        figures = [f for f in figures if _headline(scorer, f)] or figures
+    rows = [[figure, *(_percent(found.get(figure)) for found in by_system.values())] for figure in figures]
+    return ["figure", *by_system], rows
+
+
 def _verdict_of_line(report: EvalReport) -> dict[str, str]:
     """Each verdict line's verdict, so a line can be styled by what it says without parsing it."""
     return {c.line: c.verdict for r in report.results for c in r.comparisons}
@@ -116,7 +146,8 @@ def summary(report: EvalReport) -> str:
 
 
 def terminal(report: EvalReport, console: Console) -> None:
-    """Per scorer a table of slices × systems with the comparisons, then the verdicts, systems and warnings."""
+    """Per scorer a table of slices × systems with the comparisons, and its headline dataset-level figures;
+    then the verdicts, systems and warnings."""
     console.print(Text("Evaluation: " + " · ".join(_heading(report)), style="bold"))
     for scorer in report.scorers:
         table = Table(title=Text(f"{scorer} (mean points per system; difference = {report.candidate} − baseline)"))
@@ -126,6 +157,8 @@ def terminal(report: EvalReport, console: Console) -> None:
             style = VERDICT_STYLES[comparison.verdict] if comparison else ""
             table.add_row(*(Text(c) for c in cells[:-1]), Text(cells[-1], style=style))
         console.print(table)
+        if report.aggregates.get(scorer):
+            console.print(_figures_table(report, scorer))
     verdict_of = _verdict_of_line(report)
     if report.verdicts:
         console.print(Text("Verdicts", style="bold"))
@@ -134,6 +167,16 @@ def terminal(report: EvalReport, console: Console) -> None:
     console.print(_systems_table(report))
     for warning in report.warnings:
         console.print(Text(f"warning: {warning}", style="yellow"))
+
+
+def _figures_table(report: EvalReport, scorer: str) -> Table:
+    columns, rows = _aggregate_table(report, scorer, headline_only=True)
+    table = Table(title=Text(f"{scorer} (%, all items)"))
+    for column in columns:
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for row in rows:
+        table.add_row(*(Text(c) for c in row))
+    return table
 
 
 def _systems_table(report: EvalReport) -> Table:
@@ -169,7 +212,8 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str
 
 
 def to_markdown(report: EvalReport) -> str:
-    """The terminal's tables in GitHub Markdown, plus the flips with both answers (truncated)."""
+    """The terminal's tables in GitHub Markdown (every dataset-level figure, not only the headline ones), plus
+    the flips with both answers (truncated)."""
     out = [f"# Evaluation of {_md(report.candidate)}", "", _md(" · ".join(_heading(report))), ""]
     if report.verdicts:
         out += ["## Verdicts", "", *(f"- {_md(line)}" for line in report.verdicts), ""]
@@ -177,6 +221,9 @@ def to_markdown(report: EvalReport) -> str:
         out += [f"## {_md(scorer)}", "",
                 f"Mean points per system; difference = {_md(report.candidate)} − baseline, with its 95% interval.",
                 "", *_md_table(_columns(report), [cells for cells, _ in _rows(report, scorer)]), ""]
+        if report.aggregates.get(scorer):
+            out += [f"### {_md(scorer)}: dataset-level figures", "", AGGREGATES_NOTE, "",
+                    *_md_table(*_aggregate_table(report, scorer, headline_only=False)), ""]
     out += ["## Systems", "", *_md_table(
         ("system", "model", "kind", "answered", "failed", "cost", "per 1,000 answers"),
         [(s.name, s.model, s.kind, f"{s.answered:,}", f"{s.failed:,}", _usd(s.cost_usd), _usd(s.cost_per_1000))
@@ -475,11 +522,20 @@ def _scorer_section(report: EvalReport, scorer: str) -> str:
     return (f'<section class="scorer" id="scorer-{_e(_slug(scorer))}"><h2>{_e(scorer)}</h2>'
             f"<p>Mean points per system; difference = {_e(report.candidate)} − baseline with its paired-bootstrap "
             "95% interval; p is the exact McNemar test (pass/fail scorers), Holm p the p-value verdicts use, "
-            "corrected across slices.</p>" + _html_table(columns, rows, numeric) +
+            "corrected across slices.</p>" + _html_table(columns, rows, numeric) + _figures_html(report, scorer) +
             f"<figure>{_means_chart(report, scorer)}<figcaption>Mean {_e(scorer)} per slice and system."
             f"</figcaption></figure><figure>{_difference_chart(report, scorer)}<figcaption>Difference "
             f"{_e(report.candidate)} − baseline; the whisker is the 95% interval, the dark line is zero."
             "</figcaption></figure></section>")
+
+
+def _figures_html(report: EvalReport, scorer: str) -> str:
+    """Every dataset-level figure of the scorer, one row each, a column per system ('' when it has none)."""
+    if not report.aggregates.get(scorer):
+        return ""
+    columns, rows = _aggregate_table(report, scorer, headline_only=False)
+    return (f'<div class="figures"><h3>{_e(scorer)}: dataset-level figures</h3><p>{_e(AGGREGATES_NOTE)}</p>'
+            + _html_table(columns, ((row, "") for row in rows), set(range(1, len(columns)))) + "</div>")
 
 
 def _loss_section(report: EvalReport) -> str:
