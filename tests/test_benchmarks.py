@@ -54,6 +54,20 @@ def test_local_train_benchmark_quick():
     figure(out, rf"speed ratio [0-9.]+x; peak memory ratio {NUMBER}x")
 
 
+def test_local_generate_benchmark_quick():
+    pytest.importorskip("torch")
+    out = run_quick("bench_local_generate.py")
+    assert "[cpu]" in out, out
+    for label in ("tuneproxy LocalEndpoint.complete_many (batch 8)", "tuneproxy evaluation Runner",
+                  "transformers generate, one at a time"):
+        figure(out, rf"^\s+{re.escape(label)}\s+{NUMBER}\s")  # tokens/s
+    figure(out, rf"speed ratio {NUMBER}x; runner path [0-9.]+x; peak memory ratio [0-9.]+x")
+    figure(out, rf"speed ratio [0-9.]+x; runner path {NUMBER}x; peak memory ratio [0-9.]+x")
+    figure(out, rf"speed ratio [0-9.]+x; runner path [0-9.]+x; peak memory ratio {NUMBER}x")
+    # greedy on the same model: batching must not change the answers
+    assert re.search(r"same text as the baseline: ours (\d+)/\1, runner path \1/\1", out), out
+
+
 def test_eval_benchmark_quick():
     out = run_quick("bench_eval.py")
     for label in ("tuneproxy Runner (cache + ledger)", "openai SDK + asyncio.gather (baseline)"):
