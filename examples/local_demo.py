@@ -1,6 +1,6 @@
 """Fine-tune SmolLM2-135M-Instruct on this machine and compare it with its base model.
 
-    python examples/local_demo.py [--data fixtures/datasets/sample.jsonl] [--train 300] [--holdout 24]
+    python examples/local_demo.py [--data fixtures/datasets/sample.jsonl] [--train 300] [--holdout 60]
 
 The same public calls as for a managed service — ``Tuner(provider="local", ...).fit(train, holdout=...)``:
 validated, recorded in the ledger, trained by a detached worker process, followed with a live display; then
@@ -34,7 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "fixtures" / "datasets" / "sample.jsonl")
     parser.add_argument("--train", type=int, default=300, help="training examples to use")
-    parser.add_argument("--holdout", type=int, default=24, help="held-out examples to compare on")
+    parser.add_argument("--holdout", type=int, default=60, help="held-out examples to compare on")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--shots", type=int, default=3, help="training tickets the few-shot baseline is shown")
     parser.add_argument("--report", type=Path, default=ROOT / ".tuneproxy-demo" / "report.html",
@@ -66,7 +66,7 @@ def main() -> int:
         print(f"\nEvaluating tuned vs base vs base shown {args.shots} training tickets, on the "
               f"{len(holdout)} held-out tickets, per category.")
         report = tuned.evaluate(baselines=["base", f"few-shot:{args.shots}"],
-                                scorers=["json", "label:category", "json_fields", "exact"], slice_by="category",
+                                scorers=["label:category", "json", "json_fields", "exact"], slice_by="category",
                                 params=GenerationParams(max_tokens=48), concurrency=8)
     except TuneproxyError as exc:
         print(f"error: {exc}", file=sys.stderr)

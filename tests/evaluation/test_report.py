@@ -427,3 +427,12 @@ def test_browser_checks_catch_a_page_that_throws_and_draws_nothing(chromium, tmp
     png, done = _screenshot(chromium, tmp_path, page)
     assert any("broken report" in line for line in _console_errors(done.stderr))
     assert _ink(png) == (0.0, 1)
+
+
+def test_terminal_tables_fit_eighty_columns_without_cutting_a_cell(report):
+    console = Console(file=io.StringIO(), width=80, record=True)
+    terminal(report, console)
+    text = console.export_text()
+    table_lines = [line for line in text.splitlines() if line.startswith(("│", "┃"))]
+    assert table_lines and not [line for line in table_lines if "…" in line]
+    assert "-17.8 [-31.1, -4.4]" in text and "+1 / -9" in text

@@ -145,18 +145,35 @@ def summary(report: EvalReport) -> str:
     return "\n".join([*report.verdicts, *(f"warning: {w}" for w in report.warnings)])
 
 
+TERMINAL_COMPARISON_COLUMNS = ("slice", "vs", "difference [95%]", "Holm p", "flips", "verdict")
+SHORT_VERDICTS = {"no significant difference": "n.s.", "too few examples": "too few"}  # 80 columns
+
+
 def terminal(report: EvalReport, console: Console) -> None:
-    """Per scorer a table of slices × systems with the comparisons, and its headline dataset-level figures;
-    then the verdicts, systems and warnings."""
+    """Per scorer two narrow tables (they fit 80 columns): the means of slices × systems, then each
+    comparison with a baseline; its headline dataset-level figures; then the verdicts, systems and warnings."""
     console.print(Text("Evaluation: " + " · ".join(_heading(report)), style="bold"))
+    names = _system_names(report)
     for scorer in report.scorers:
-        table = Table(title=Text(f"{scorer} (mean points per system; difference = {report.candidate} − baseline)"))
-        for column in _columns(report):
-            table.add_column(column, justify="left" if column in ("slice", "vs", "verdict") else "right")
-        for cells, comparison in _rows(report, scorer):
-            style = VERDICT_STYLES[comparison.verdict] if comparison else ""
-            table.add_row(*(Text(c) for c in cells[:-1]), Text(cells[-1], style=style))
-        console.print(table)
+        means = Table(title=Text(f"{scorer}: mean points per system"))
+        for column in ("slice", "n", *names):
+            means.add_column(column, justify="left" if column == "slice" else "right")
+        comparisons = Table(title=Text(f"{scorer}: {report.candidate} − baseline, in points"))
+        for column in TERMINAL_COMPARISON_COLUMNS:
+            comparisons.add_column(column, justify="left" if column in ("slice", "vs", "verdict") else "right",
+                                   no_wrap=column in ("vs", "difference [95%]", "flips"))  # reads whole
+        for result in _results(report, scorer):
+            means.add_row(*(Text(c) for c in (result.slice, f"{result.n:,}",
+                                               *(_points(result.means.get(n)) for n in names))))
+            for i, c in enumerate(result.comparisons):
+                comparisons.add_row(*(Text(cell) for cell in (result.slice if i == 0 else "", c.baseline,
+                                                              _difference(c), _p(c.holm_p), _flips(c))),
+                                    Text(SHORT_VERDICTS.get(c.verdict, c.verdict), style=VERDICT_STYLES[c.verdict]))
+        console.print(means)
+        if comparisons.row_count:
+            console.print(comparisons)
+            console.print(Text("n.s.: no significant difference; too few: under the slice size that can be "
+                               "compared", style="dim"))
         if report.aggregates.get(scorer):
             console.print(_figures_table(report, scorer))
     verdict_of = _verdict_of_line(report)
@@ -183,7 +200,8 @@ def _systems_table(report: EvalReport) -> Table:
     table = Table(title="Systems")
     for column in ("system", "model", "kind", "answered", "failed", "cost", "per 1,000 answers"):
         table.add_column(column, justify="right" if column in ("answered", "failed", "cost",
-                                                               "per 1,000 answers") else "left")
+                                                               "per 1,000 answers") else "left",
+                         overflow="fold")  # a long model name wraps rather than losing its end
     for s in report.systems:
         table.add_row(*(Text(c) for c in (s.name, s.model, s.kind, f"{s.answered:,}", f"{s.failed:,}",
                                           _usd(s.cost_usd), _usd(s.cost_per_1000))))
