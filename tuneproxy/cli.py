@@ -512,8 +512,11 @@ def eval_(
     endpoint: Annotated[str | None, typer.Option("--endpoint", help="Evaluate an OpenAI-compatible server's "
                                                                     "model instead of a job (with --model).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="The model name at --endpoint.")] = None,
-    judge: Annotated[str | None, typer.Option("--judge", help="URL#MODEL of the LLM judge for judge: scorers.")]
-    = None,
+    judge: Annotated[str | None, typer.Option("--judge", help="URL#MODEL of the LLM judge for judge: scorers "
+                                                              "and --pairwise.")] = None,
+    pairwise: Annotated[str | None, typer.Option(
+        "--pairwise", help="Criteria for the --judge to pick the better of the tuned and each baseline's answer "
+                           "by (both orders asked); the report counts wins, ties and losses per slice.")] = None,
     deployment: Annotated[str | None, typer.Option("--deployment", help="Ask the tuned model on this paid "
                                                                         "deployment (`deployments list`).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the HTML report here.")] = None,
@@ -528,9 +531,12 @@ def eval_(
     from tuneproxy.evaluation.evaluate import Evaluation
     from tuneproxy.evaluation.plan import baseline_systems, candidate_system, holdout_items, url_system
     from tuneproxy.evaluation.runner import Runner
-    from tuneproxy.evaluation.scorers import default_scorers, scorer_from_spec
+    from tuneproxy.evaluation.scorers import PairwiseJudge, default_scorers, scorer_from_spec
     from tuneproxy.ledger import Ledger
 
+    if pairwise is not None and not judge:
+        raise typer.BadParameter("needs --judge URL#MODEL, the LLM that compares the answers.",
+                                 param_hint="--pairwise")
     if (job_id is None) == (endpoint is None):
         raise ConfigError("Name what to evaluate: a job id, or --endpoint URL with --model M.")
     if endpoint is not None and (model is None or data is None):
@@ -559,7 +565,8 @@ def eval_(
             runner=Runner(ledger, concurrency=concurrency, show_progress=not as_json),
             slice_by=slice_by, params=GenerationParams(max_tokens=max_tokens, seed=seed),
             job_id=tuned.job_id if tuned else None,
-            events=ledger.events(tuned.provider, tuned.job_id) if tuned else (), seed=seed)
+            events=ledger.events(tuned.provider, tuned.job_id) if tuned else (), seed=seed,
+            pairwise=PairwiseJudge(judge_endpoint, pairwise) if pairwise is not None and judge_endpoint else None)
         result = evaluation.run()
     if report is not None:
         report.write_text(result.to_html(), encoding="utf-8")

@@ -100,7 +100,7 @@ class TunedModel:
                  scorers: Sequence[str | Scorer] | None = None, slice_by: str | None = None,
                  params: GenerationParams | None = None, concurrency: int = 8, show_progress: bool = True,
                  judge: Endpoint | None = None, deployment: Deployment | None = None, resamples: int = 10_000,
-                 seed: int = 0) -> EvalReport:
+                 seed: int = 0, pairwise: str | None = None) -> EvalReport:
         """The tuned model against ``baselines`` on held-out data, per slice, with 95% intervals.
 
         ``holdout``: a path or records; by default exactly what this job's fit held out (examples the job
@@ -112,12 +112,16 @@ class TunedModel:
         in the ledger: a rerun asks only what is missing. Generation is greedy (temperature 0) by default.
         ``deployment``: ask the tuned model on this paid deployment (where the backend serves a tuned model
         only on one; nothing is deployed here). ``judge``: the endpoint that grades ``judge:`` scorers.
+        ``pairwise``: criteria for ``judge`` to pick the better of the tuned and each baseline's answer by
+        (both orders asked); the report then counts wins, ties and losses per slice.
         """
         from tuneproxy.evaluation.evaluate import Evaluation
         from tuneproxy.evaluation.plan import baseline_systems, candidate_system, holdout_items
         from tuneproxy.evaluation.runner import Runner
-        from tuneproxy.evaluation.scorers import default_scorers, scorer_from_spec
+        from tuneproxy.evaluation.scorers import PairwiseJudge, default_scorers, scorer_from_spec
 
+        if pairwise is not None and judge is None:
+            raise ConfigError("pairwise= needs a judge endpoint to ask: pass judge=endpoint too.")
         items = holdout_items(self, holdout, slice_by)
         chosen = (default_scorers(items) if scorers is None else
                   [s if not isinstance(s, str) else scorer_from_spec(s, judge=judge) for s in scorers])
@@ -126,5 +130,6 @@ class TunedModel:
             items=items,
             scorers=chosen, runner=Runner(self._ledger, concurrency=concurrency, show_progress=show_progress),
             slice_by=slice_by, params=params or GenerationParams(), job_id=self.job_id,
-            events=self._ledger.events(self.provider, self.job_id), resamples=resamples, seed=seed)
+            events=self._ledger.events(self.provider, self.job_id), resamples=resamples, seed=seed,
+            pairwise=PairwiseJudge(judge, pairwise) if pairwise is not None and judge is not None else None)
         return evaluation.run()

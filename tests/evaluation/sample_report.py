@@ -1,5 +1,6 @@
 """A hand-built EvalReport for the report's tests: a tuned model against its base and an 8-shot base on 180
-support tickets sliced by category, scored by label:category (pass/fail) and json_fields (graded).
+support tickets sliced by category, scored by label:category (pass/fail) and json_fields (graded), and
+judged pairwise (:data:`PAIRWISE`; its criteria carry markup, as a user's text may).
 
 The numbers hang together: each label:category mean is passes ÷ items of its slice, each overall mean the
 items' mean, and the one regression is security against few-shot:8 (10 flips: 1 won, 9 lost). The
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+from tuneproxy.evaluation.evaluate import pairwise_result
 from tuneproxy.evaluation.model import (
     OVERALL,
     Answer,
@@ -20,6 +22,7 @@ from tuneproxy.evaluation.model import (
     Interval,
     Item,
     LossPoint,
+    PairwiseResult,
     SliceResult,
     SystemInfo,
 )
@@ -41,6 +44,14 @@ CONFUSION = {
 }
 ACTIONS_RIGHT = {"tuned": 167, "base": 143, "few-shot:8": 167}
 FAILED = {"few-shot:8": 2}
+PAIRWISE_CRITERIA = "Which answer <b>resolves</b> the ticket & names the right category?"
+# Per baseline and slice: wins, ties, losses and items not judged (few-shot:8's two missing answers).
+PAIRWISE = {
+    "base": {OVERALL: (98, 44, 38, 0), "billing": (42, 16, 12, 0), "security": (20, 12, 13, 0),
+             "account": (36, 16, 13, 0)},
+    "few-shot:8": {OVERALL: (61, 60, 57, 2), "billing": (30, 22, 17, 1), "security": (9, 15, 21, 0),
+                   "account": (22, 23, 19, 1)},
+}
 
 
 def _comparison(where: str, baseline: str, estimate: float, low: float, high: float, p: float | None,
@@ -142,6 +153,12 @@ def _aggregates() -> dict[str, dict[str, dict[str, float]]]:
             for scorer in (Classification("category"), JSONFields())}
 
 
+def _pairwise() -> list[PairwiseResult]:
+    return [pairwise_result(where, [1.0] * wins + [0.5] * ties + [0.0] * losses + [None] * unjudged, CANDIDATE,
+                            baseline, PAIRWISE_CRITERIA)
+            for baseline, slices in PAIRWISE.items() for where, (wins, ties, losses, unjudged) in slices.items()]
+
+
 def _loss_curve() -> list[LossPoint]:
     train = (2.31, 1.62, 1.21, 0.98, 0.84, 0.77, 0.71, 0.68, 0.65, 0.63)
     return [LossPoint(step=10 * (i + 1), train_loss=loss, valid_loss=(round(loss + 0.08 + 0.01 * i, 3)
@@ -170,6 +187,7 @@ def sample_report() -> EvalReport:
         aggregates=_aggregates(),
         flips=_flips(),
         verdicts=[c.line for r in labels for c in r.comparisons],
+        pairwise=_pairwise(),
         warnings=["security has 45 examples: a difference must be about ±15 points to be told apart from none",
                   "few-shot:8: 2 items failed (timeout) and count as wrong"],
         loss_curve=_loss_curve(),

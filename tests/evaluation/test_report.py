@@ -20,12 +20,13 @@ import pytest
 from rich.console import Console
 
 from tests.conftest import ROOT
-from tests.evaluation.sample_report import HOSTILE_ANSWER, sample_report
+from tests.evaluation.sample_report import HOSTILE_ANSWER, PAIRWISE_CRITERIA, sample_report
 from tuneproxy.evaluation.model import Comparison, EvalReport
 from tuneproxy.evaluation.report import schema_json, summary, terminal, to_html, to_json, to_markdown
 
 VOID_ELEMENTS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 REGRESSION_LINE = "security: tuned worse than few-shot:8, -18 points [-31, -4], 10 flips"
+PAIRWISE_LINE = "overall: the judge prefers tuned to few-shot:8 in 61 of 178, few-shot:8 in 57, ties 60 (2 not judged)"
 
 
 @pytest.fixture
@@ -81,11 +82,14 @@ def page(report: EvalReport) -> Page:
 
 # --- plain lines, terminal, Markdown, JSON ----------------------------------------------------------------------
 
-def test_summary_is_the_verdict_lines_then_the_warnings(report):
+def test_summary_is_the_verdict_lines_then_the_pairwise_lines_then_the_warnings(report):
     lines = summary(report).splitlines()
-    assert lines[:len(report.verdicts)] == report.verdicts
+    verdicts, pairwise = len(report.verdicts), len(report.pairwise)
+    assert lines[:verdicts] == report.verdicts
     assert REGRESSION_LINE in lines
-    assert lines[len(report.verdicts):] == [f"warning: {w}" for w in report.warnings]
+    assert lines[verdicts:verdicts + pairwise] == [r.line for r in report.pairwise]
+    assert PAIRWISE_LINE in lines
+    assert lines[verdicts + pairwise:] == [f"warning: {w}" for w in report.warnings]
 
 
 def test_terminal_shows_means_comparisons_verdicts_costs_and_warnings(report):
@@ -135,6 +139,34 @@ def test_terminal_shows_each_scorers_headline_dataset_figures_per_system(report)
     assert tables["json_fields"] == {"micro_f1": ["83.9%", "63.6%", "81.4%"], "macro_f1": ["83.9%", "63.6%", "81.4%"],
                                      "f1[category]": ["73.1%", "45.3%", "68.7%"],
                                      "f1[action]": ["94.6%", "81.9%", "94.1%"]}
+
+
+def test_terminal_shows_the_pairwise_judges_counts_per_slice_and_baseline(report):
+    console = Console(file=io.StringIO(), width=220, record=True)
+    terminal(report, console)
+    text = console.export_text()
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines() if line.count("│") == 8]
+    assert ["(all)", "few-shot:8", "178", "61", "60", "57", "51.1"] in rows  # (61 + 60 / 2) / 178
+    assert ["security", "base", "45", "20", "12", "13", "57.8"] in rows
+    assert PAIRWISE_CRITERIA in " ".join(text.split())
+
+
+def test_a_report_without_a_pairwise_judge_shows_no_pairwise_table(report):
+    bare = report.model_copy(update={"pairwise": []})
+    console = Console(file=io.StringIO(), width=220, record=True)
+    terminal(bare, console)
+    for text in (console.export_text(), to_markdown(bare), to_html(bare)):
+        assert "Pairwise judge" not in text
+
+
+def test_markdown_has_the_pairwise_table_with_its_criteria_escaped(report):
+    markdown = to_markdown(report)
+    assert "## Pairwise judge" in markdown
+    assert ("| slice | vs | judged | tuned wins | ties | baseline wins | win rate | not judged |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+            "| (all) | base | 180 | 98 | 44 | 38 | 66.7 | 0 |") in markdown
+    assert "| (all) | few-shot:8 | 178 | 61 | 60 | 57 | 51.1 | 2 |" in markdown
+    assert "<b>" not in markdown and "&lt;b&gt;resolves&lt;/b&gt; the ticket &amp; names" in markdown
 
 
 def test_markdown_has_a_table_of_every_dataset_figure_per_scorer(report):
@@ -232,6 +264,16 @@ def test_html_opens_with_the_job_candidate_items_date_and_the_verdicts(report, p
     lines = [t for t in page.text if t in report.verdicts]
     assert lines == report.verdicts
     assert len(page.all("li", css="verdict-worse")) == 1
+
+
+def test_html_has_a_pairwise_judge_section_with_a_row_per_slice_and_baseline(report, page):
+    markup = to_html(report)
+    section = re.search(r'<section id="pairwise"><h2>Pairwise judge</h2>(.*?)</section>', markup, re.S)
+    assert section
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in section.group(1).split("</tr>")]
+    assert ["billing", "few-shot:8", "69", "30", "22", "17", "59.4", "1"] in rows
+    assert len([row for row in rows if row]) == len(report.pairwise)
+    assert page.all("b") == [] and PAIRWISE_CRITERIA in " ".join(page.text)
 
 
 def test_html_has_one_chart_per_scorer_and_kind_plus_loss_and_cost(page):
@@ -436,3 +478,4 @@ def test_terminal_tables_fit_eighty_columns_without_cutting_a_cell(report):
     table_lines = [line for line in text.splitlines() if line.startswith(("│", "┃"))]
     assert table_lines and not [line for line in table_lines if "…" in line]
     assert "-17.8 [-31.1, -4.4]" in text and "+1 / -9" in text
+    assert "Pairwise judge" in text and "│ (all)    │ few-shot:8 │    178 │" in text

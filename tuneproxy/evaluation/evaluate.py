@@ -1,5 +1,6 @@
 """One evaluation, start to end: ask every system every item, score the answers, compare the candidate
-with each baseline per slice, and gather it all in an :class:`EvalReport`.
+with each baseline per slice (and, when a pairwise judge is given, have it pick the better answer of each
+pair), and gather it all in an :class:`EvalReport`.
 
 The systems are :class:`System` s: an :class:`~tuneproxy.contract.Endpoint` and how to ask it (a few-shot
 baseline is its base endpoint with training examples shown first). Nothing here names a service.
@@ -15,11 +16,20 @@ from typing import Literal
 
 from tuneproxy.contract import Endpoint, GenerationParams, JobEvent, run_blocking, utc_now
 from tuneproxy.dataset.examples import Example
-from tuneproxy.evaluation.compare import compare
+from tuneproxy.evaluation.compare import NO_VALUE, compare
 from tuneproxy.evaluation.items import with_shots
-from tuneproxy.evaluation.model import Answer, EvalReport, Item, LossPoint, Score, SystemInfo
+from tuneproxy.evaluation.model import (
+    OVERALL,
+    Answer,
+    EvalReport,
+    Item,
+    LossPoint,
+    PairwiseResult,
+    Score,
+    SystemInfo,
+)
 from tuneproxy.evaluation.runner import Runner
-from tuneproxy.evaluation.scorers import Scorer
+from tuneproxy.evaluation.scorers import PairwiseJudge, Scorer
 from tuneproxy.holdouts import example_id
 
 
@@ -61,6 +71,7 @@ class Evaluation:
     events: Sequence[JobEvent] = ()
     resamples: int = 10_000
     seed: int = 0
+    pairwise: PairwiseJudge | None = None
 
     def run(self) -> EvalReport:
         """Blocking twin of :meth:`arun` (works inside a running event loop too)."""
@@ -79,12 +90,14 @@ class Evaluation:
             self.items, scores, candidate=self.candidate.name, baselines=[b.name for b in self.baselines],
             binary={s.name: s.binary for s in self.scorers}, slice_by=self.slice_by, answers=by_key,
             resamples=self.resamples, seed=self.seed)
+        pairwise, unjudged = await self._pairwise(answers)
         return EvalReport(
             created_at=utc_now().astimezone(dt.timezone.utc), job_id=self.job_id, candidate=self.candidate.name,
             systems=[self._info(system, answers[system.name]) for system in systems],
             scorers=[s.name for s in self.scorers], slice_by=self.slice_by, items=len(self.items),
             results=results, aggregates=self._aggregates(answers), flips=flips, verdicts=verdicts,
-            warnings=warnings + self._failures(answers), loss_curve=loss_curve(self.events))
+            pairwise=pairwise, warnings=warnings + self._failures(answers) + unjudged,
+            loss_curve=loss_curve(self.events))
 
     async def _score(self, answers: dict[str, list[Answer]]) -> list[Score]:
         items = {item.id: item for item in self.items}
@@ -93,6 +106,29 @@ class Evaluation:
             for listed in answers.values():
                 scores += await scorer.ascore_many(listed, items)
         return scores
+
+    async def _pairwise(self, answers: dict[str, list[Answer]]) -> tuple[list[PairwiseResult], list[str]]:
+        """The judge's verdicts on the candidate's answers against each baseline's, per slice, and a warning
+        per baseline with items it could not judge."""
+        if self.pairwise is None:
+            return [], []
+        items = {item.id: item for item in self.items}
+        results: list[PairwiseResult] = []
+        warnings: list[str] = []
+        try:
+            for baseline in self.baselines:
+                scores = await self.pairwise.acompare_many(items, answers[self.candidate.name],
+                                                           answers[baseline.name], self.runner.concurrency)
+                results += pairwise_results(self.items, scores, candidate=self.candidate.name,
+                                            baseline=baseline.name, criteria=self.pairwise.criteria,
+                                            slice_by=self.slice_by)
+                failed = [s for s in scores if s.value is None]
+                if failed:
+                    warnings.append(f"pairwise vs {baseline.name}: {len(failed)} of {len(scores)} items not judged "
+                                    f"(left out of its counts); the first error: {failed[0].detail.get('error')}.")
+        finally:
+            await self.pairwise.endpoint.aclose()
+        return results, warnings
 
     def _aggregates(self, answers: dict[str, list[Answer]]) -> dict[str, dict[str, dict[str, float]]]:
         """Each scorer's dataset-level figures per system (macro-F1, per-field F1); a scorer without any, or
@@ -124,6 +160,31 @@ class Evaluation:
                 lines.append(f"{name}: {len(failed)} of {len(listed)} items have no answer (they score 0); the "
                              f"first error: {failed[0].error}. Run the same evaluation again to ask only those.")
         return lines
+
+
+def pairwise_results(items: Sequence[Item], scores: Sequence[Score], *, candidate: str, baseline: str,
+                     criteria: str, slice_by: str | None) -> list[PairwiseResult]:
+    """A pairwise judge's scores (1 candidate wins, 0.5 tie, 0 baseline wins, None not judged) counted per
+    slice: every item first (``(all)``), then each slice value sorted, ``(none)`` for items without one."""
+    value = {s.item_id: s.value for s in scores}
+    groups: dict[str, list[float | None]] = {OVERALL: [value.get(item.id) for item in items]}
+    if slice_by is not None:
+        for item in sorted(items, key=lambda i: i.slice if i.slice is not None else NO_VALUE):
+            groups.setdefault(item.slice if item.slice is not None else NO_VALUE, []).append(value.get(item.id))
+    return [pairwise_result(label, values, candidate, baseline, criteria) for label, values in groups.items()]
+
+
+def pairwise_result(label: str, values: Sequence[float | None], candidate: str, baseline: str,
+                    criteria: str) -> PairwiseResult:
+    """One slice's counts from its items' pairwise values, with its win rate and plain line."""
+    wins, ties, losses = (sum(v == target for v in values) for target in (1.0, 0.5, 0.0))
+    n = wins + ties + losses
+    where = "overall" if label == OVERALL else label
+    line = (f"{where}: the judge prefers {candidate} to {baseline} in {wins} of {n}, {baseline} in {losses}, "
+            f"ties {ties}") + (f" ({len(values) - n} not judged)" if len(values) > n else "")
+    return PairwiseResult(baseline=baseline, slice=label, criteria=criteria, n=n, wins=wins, ties=ties,
+                          losses=losses, unjudged=len(values) - n,
+                          win_rate=(wins + ties / 2) / n * 100 if n else None, line=line)
 
 
 def loss_curve(events: Sequence[JobEvent]) -> list[LossPoint]:

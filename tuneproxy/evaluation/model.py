@@ -2,7 +2,8 @@
 
 Every stage reads the stage before it and nothing else, so each can be tested (and replaced) alone: the
 runner turns :class:`Item` s into :class:`Answer` s, scorers turn answers into :class:`Score` s, the
-comparison turns scores into :class:`SliceResult` s and :class:`Flip` s, and the report renders an
+comparison turns scores into :class:`SliceResult` s and :class:`Flip` s, a pairwise judge's verdicts on
+pairs of answers become :class:`PairwiseResult` s, and the report renders an
 :class:`EvalReport` (whose JSON is the documented schema, ``EvalReport.model_json_schema()``).
 """
 
@@ -111,6 +112,24 @@ class Flip(BaseModel):
     candidate_answer: str | None
 
 
+class PairwiseResult(BaseModel):
+    """A pairwise judge's verdicts on one slice: how often it preferred the candidate's answer to one
+    baseline's, both orders asked (a disagreement between the orders is a tie)."""
+
+    baseline: str
+    slice: str
+    criteria: str = Field(description="What the judge was asked to compare the answers by.")
+    n: int = Field(description="Items judged (wins + ties + losses).")
+    wins: int = Field(description="Items where the judge preferred the candidate's answer in both orders.")
+    ties: int = Field(description="Items where the judge said tie, or the two orders disagreed.")
+    losses: int = Field(description="Items where the judge preferred the baseline's answer in both orders.")
+    unjudged: int = Field(description="Items left out: an answer missing, a judge call failed or its reply "
+                                      "could not be read.")
+    win_rate: float | None = Field(description="(wins + ties / 2) / n × 100, in points; None when n is 0.")
+    line: str = Field(description="The plain sentence, e.g. 'overall: the judge prefers tuned to base in 34 "
+                                  "of 60, base in 16, ties 10'.")
+
+
 class SystemInfo(BaseModel):
     """One system evaluated: what it is, how it was asked, and what its answers cost."""
 
@@ -150,6 +169,10 @@ class EvalReport(BaseModel):
                     "per-field precision/recall/F1) appear.")
     flips: list[Flip] = Field(default_factory=list)
     verdicts: list[str] = Field(default_factory=list, description="One plain line per slice, and overall.")
+    pairwise: list[PairwiseResult] = Field(
+        default_factory=list,
+        description="The pairwise judge's verdicts, candidate against each baseline, per slice ('(all)' first); "
+                    "empty when no pairwise judge was asked.")
     warnings: list[str] = Field(default_factory=list)
     loss_curve: list[LossPoint] = Field(default_factory=list)
 
@@ -159,7 +182,7 @@ class EvalReport(BaseModel):
         return [c for r in self.results for c in r.comparisons if c.verdict == "worse"]
 
     def summary(self) -> str:
-        """The verdict lines and warnings, as plain text."""
+        """The verdict lines, the pairwise judge's lines and the warnings, as plain text."""
         from tuneproxy.evaluation import report
 
         return report.summary(self)

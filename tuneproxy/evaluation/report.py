@@ -131,6 +131,26 @@ def _aggregate_table(report: EvalReport, scorer: str, headline_only: bool) -> tu
     return ["figure", *by_system], rows
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The pairwise judge: per baseline and slice, how often it preferred the candidate's answer
+
+
+def _pairwise_columns(report: EvalReport) -> list[str]:
+    return ["slice", "vs", "judged", f"{report.candidate} wins", "ties", "baseline wins", "win rate",
+            "not judged"]
+
+
+def _pairwise_rows(report: EvalReport) -> list[list[str]]:
+    return [[r.slice, r.baseline, f"{r.n:,}", f"{r.wins:,}", f"{r.ties:,}", f"{r.losses:,}", _points(r.win_rate),
+             f"{r.unjudged:,}"] for r in report.pairwise]
+
+
+def _pairwise_note(report: EvalReport) -> str:
+    criteria = "; ".join(dict.fromkeys(r.criteria for r in report.pairwise))
+    return ("Each pair is judged twice, the answers swapped; a win needs both orders to agree, any disagreement "
+            f"is a tie. Win rate = (wins + ties / 2) / judged, in points. The judge's criteria: {criteria}")
+
+
 def _verdict_of_line(report: EvalReport) -> dict[str, str]:
     """Each verdict line's verdict, so a line can be styled by what it says without parsing it."""
     return {c.line: c.verdict for r in report.results for c in r.comparisons}
@@ -141,8 +161,9 @@ def _verdict_of_line(report: EvalReport) -> dict[str, str]:
 
 
 def summary(report: EvalReport) -> str:
-    """The verdict lines, then the warnings: what a script prints."""
-    return "\n".join([*report.verdicts, *(f"warning: {w}" for w in report.warnings)])
+    """The verdict lines, the pairwise judge's lines, then the warnings: what a script prints."""
+    return "\n".join([*report.verdicts, *(r.line for r in report.pairwise),
+                      *(f"warning: {w}" for w in report.warnings)])
 
 
 TERMINAL_COMPARISON_COLUMNS = ("slice", "vs", "difference [95%]", "Holm p", "flips", "verdict")
@@ -151,7 +172,8 @@ SHORT_VERDICTS = {"no significant difference": "n.s.", "too few examples": "too 
 
 def terminal(report: EvalReport, console: Console) -> None:
     """Per scorer two narrow tables (they fit 80 columns): the means of slices × systems, then each
-    comparison with a baseline; its headline dataset-level figures; then the verdicts, systems and warnings."""
+    comparison with a baseline; its headline dataset-level figures; then the verdicts, the pairwise judge's
+    counts, the systems and the warnings."""
     console.print(Text("Evaluation: " + " · ".join(_heading(report)), style="bold"))
     names = _system_names(report)
     for scorer in report.scorers:
@@ -181,6 +203,9 @@ def terminal(report: EvalReport, console: Console) -> None:
         console.print(Text("Verdicts", style="bold"))
     for line in report.verdicts:
         console.print(Text(line, style=VERDICT_STYLES.get(verdict_of.get(line, ""), "")))
+    if report.pairwise:
+        console.print(_pairwise_table(report))
+        console.print(Text(_pairwise_note(report), style="dim"))
     console.print(_systems_table(report))
     for warning in report.warnings:
         console.print(Text(f"warning: {warning}", style="yellow"))
@@ -193,6 +218,16 @@ def _figures_table(report: EvalReport, scorer: str) -> Table:
         table.add_column(column, justify="left" if column == "figure" else "right")
     for row in rows:
         table.add_row(*(Text(c) for c in row))
+    return table
+
+
+def _pairwise_table(report: EvalReport) -> Table:
+    """The pairwise rows without 'not judged' (the lines and warnings say it), so the table fits 80 columns."""
+    table = Table(title=Text(f"Pairwise judge: {report.candidate} against each baseline"))
+    for column in _pairwise_columns(report)[:-1]:
+        table.add_column(column, justify="left" if column in ("slice", "vs") else "right", no_wrap=column == "vs")
+    for row in _pairwise_rows(report):
+        table.add_row(*(Text(c) for c in row[:-1]))
     return table
 
 
@@ -235,6 +270,9 @@ def to_markdown(report: EvalReport) -> str:
     out = [f"# Evaluation of {_md(report.candidate)}", "", _md(" · ".join(_heading(report))), ""]
     if report.verdicts:
         out += ["## Verdicts", "", *(f"- {_md(line)}" for line in report.verdicts), ""]
+    if report.pairwise:
+        out += ["## Pairwise judge", "", _md(_pairwise_note(report)), "",
+                *_md_table(_pairwise_columns(report), _pairwise_rows(report)), ""]
     for scorer in report.scorers:
         out += [f"## {_md(scorer)}", "",
                 f"Mean points per system; difference = {_md(report.candidate)} − baseline, with its 95% interval.",
@@ -605,8 +643,8 @@ def _flips_section(report: EvalReport) -> str:
 
 
 def to_html(report: EvalReport) -> str:
-    """One self-contained HTML page: facts, verdicts, per-scorer tables and charts, loss curve, cost against
-    quality, flips with both answers side by side, warnings."""
+    """One self-contained HTML page: facts, verdicts, warnings, systems, the pairwise judge's counts,
+    per-scorer tables and charts, loss curve, cost against quality, flips with both answers side by side."""
     verdict_of = _verdict_of_line(report)
     facts = [("candidate", report.candidate), ("job", report.job_id or "-"), ("items", f"{report.items:,}"),
              ("sliced by", report.slice_by or "-"), ("scorers", ", ".join(report.scorers)),
@@ -618,6 +656,9 @@ def to_html(report: EvalReport) -> str:
         (([s.name, s.model, s.kind, f"{s.answered:,}", f"{s.failed:,}", _usd(s.cost_usd), _usd(s.cost_per_1000)],
           "") for s in report.systems), {3, 4, 5, 6})
     warnings = "".join(f"<li>{_e(w)}</li>" for w in report.warnings)
+    pairwise = (f'<section id="pairwise"><h2>Pairwise judge</h2><p>{_e(_pairwise_note(report))}</p>'
+                + _html_table(_pairwise_columns(report), ((row, "") for row in _pairwise_rows(report)),
+                              set(range(2, 8))) + "</section>") if report.pairwise else ""
     return "".join([
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -629,7 +670,7 @@ def to_html(report: EvalReport) -> str:
         if report.verdicts else "",
         f'<section id="warnings"><h2>Warnings</h2><ul class="warnings">{warnings}</ul></section>'
         if report.warnings else "",
-        f'<section id="systems"><h2>Systems</h2>{systems}</section>',
+        f'<section id="systems"><h2>Systems</h2>{systems}</section>', pairwise,
         *(_scorer_section(report, scorer) for scorer in report.scorers),
         _loss_section(report), _cost_section(report), _flips_section(report),
         "</main><footer><p class=\"note\">Written by tuneproxy. This file is self-contained: it loads nothing.</p>"
