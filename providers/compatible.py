@@ -35,7 +35,8 @@ def compatible_endpoint(base_url: str, model: str, *, api_key: str | None = None
     import openai
 
     key = api_key or os.environ.get(ENV_KEY) or PLACEHOLDER_KEY
-    register_secret_value(key)
+    if key != PLACEHOLDER_KEY:  # the placeholder is no secret: scrubbing it would garble ordinary text
+        register_secret_value(key)
     errors = ErrorMapper(provider=NAME, display=base_url, env_key=ENV_KEY, api_key=key)
 
     def client() -> Any:
