@@ -48,6 +48,14 @@ class FakeJob:
     events: list[str] = field(default_factory=list)
 
 
+def _kill(pid: int) -> None:
+    """``kill -9`` the client; one that has already finished (a kill after its last answer) is fine."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 class QuietServer(ThreadingHTTPServer):
     """A killed client's connection reset is expected here: not worth a traceback on stderr."""
 
@@ -144,7 +152,7 @@ class FakeService:
                         self.command, url.path, parse_qs(url.query), payload)
                     kill = service.kill if service.kill and service.kill.at == number else None
                 if kill and kill.before:
-                    os.kill(kill.pid, signal.SIGKILL)
+                    _kill(kill.pid)
                     self.close_connection = True
                     return
                 status, headers, body = answer
@@ -157,7 +165,7 @@ class FakeService:
                 self.wfile.write(data)
                 self.wfile.flush()
                 if kill:
-                    threading.Timer(kill.delay_s, os.kill, (kill.pid, signal.SIGKILL)).start()
+                    threading.Timer(kill.delay_s, _kill, (kill.pid,)).start()
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 
