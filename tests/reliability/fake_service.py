@@ -9,6 +9,7 @@ request reached the service, the answer never left) or just after (the client di
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -50,10 +51,8 @@ class FakeJob:
 
 def _kill(pid: int) -> None:
     """``kill -9`` the client; one that has already finished (a kill after its last answer) is fine."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 class QuietServer(ThreadingHTTPServer):
