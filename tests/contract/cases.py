@@ -344,7 +344,60 @@ TOGETHER = ProviderCase(
 )
 
 
-CASES: tuple[ProviderCase, ...] = (OPENAI, TOGETHER)
+# --------------------------------------------------------------------------- Fireworks AI
+
+
+def _fireworks_client(transport: Any) -> Any:
+    import fireworks
+
+    # no base_url: with one the SDK drops /inference from the chat URL (the cassettes hold the real URLs)
+    return fireworks.Fireworks(api_key="fw-test", account_id="acme", max_retries=0,
+                               http_client=httpx.Client(transport=transport), _strict_response_validation=True)
+
+
+def _fireworks_routes() -> list[Route]:
+    host = r"api\.fireworks\.ai"
+    jobs = r"/v1/accounts/[^/]+/supervisedFineTuningJobs"
+    return [
+        Route("POST", r"/v1/accounts/[^/]+/datasets", lambda c: c.datasets.create(dataset={}, dataset_id="d"), host),
+        Route("POST", r"/v1/accounts/[^/]+/datasets/[^/:]+:upload",
+              lambda c: c.datasets.upload("d", file=("t.jsonl", b"{}\n")), host),
+        Route("GET", r"/v1/accounts/[^/]+/datasets/[^/:]+", lambda c: c.datasets.get("d"), host),
+        Route("POST", jobs, lambda c: c.supervised_fine_tuning_jobs.create(dataset="d"), host),
+        Route("GET", jobs, lambda c: c.supervised_fine_tuning_jobs.list(), host),
+        Route("GET", jobs + r"/[^/:]+", lambda c: c.supervised_fine_tuning_jobs.get("j"), host),
+        Route("POST", jobs + r"/[^/:]+:cancel", lambda c: c.supervised_fine_tuning_jobs.cancel("j", body={}), host),
+        Route("POST", r"/inference/v1/chat/completions",
+              lambda c: c.chat.completions.create(model="m", messages=MESSAGES), host),
+        Route("POST", r"/v1/accounts/[^/]+/deployments", lambda c: c.deployments.create(base_model="m"), host),
+        Route("GET", r"/v1/accounts/[^/]+/deployments/[^/]+", lambda c: c.deployments.get("d"), host),
+        Route("DELETE", r"/v1/accounts/[^/]+/deployments/[^/]+", lambda c: c.deployments.delete("d"), host),
+    ]
+
+
+FIREWORKS = ProviderCase(
+    name="fireworks",
+    model="accounts/fireworks/models/qwen3-8b",
+    spec=lambda: JobSpec(
+        model="accounts/fireworks/models/qwen3-8b", training_file="accounts/acme/datasets/tp-train-cf7bf2d5415e",
+        intent_id=INTENT,
+        hyperparameters=Hyperparameters(epochs=2, learning_rate=0.0001, lora_rank=16, max_seq_length=8192,
+                                        batch_size=32, suffix="support-bot"),
+    ),
+    job_id="k3v9q2xz7m1p",
+    key="fake-fireworks-key-0123456789",
+    create=("POST", "/v1/accounts/acme/supervisedFineTuningJobs"),
+    failure_message=("Dataset validation failed: line 4: the 'assistant' message at index 2 has an unrecognized key "
+                     "'speaker'. Each message may carry role, content, weight, tool_calls, tool_call_id, name and "
+                     "reasoning_content."),
+    strict_client=_fireworks_client,
+    routes=_fireworks_routes,
+    extra_scenarios=frozenset({"deploy_happy_path"}),
+    options={"timeout": 30.0, "account_id": "acme"},
+)
+
+
+CASES: tuple[ProviderCase, ...] = (OPENAI, TOGETHER, FIREWORKS)
 BY_NAME: dict[str, ProviderCase] = {case.name: case for case in CASES}
 
 
