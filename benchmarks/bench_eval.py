@@ -1,6 +1,6 @@
 """The evaluation runner's throughput and reliability, against a plain asyncio.gather over the openai SDK.
 
-Prints, from one run, against a loopback OpenAI-compatible server (benchmarks/fake_chat_server.py, in its
+Prints, from one run, against a loopback OpenAI-compatible server (tests/fake_chat_server.py, in its
 own process) that answers every request after a fixed latency:
   1. tuneproxy's Runner (a compatible endpoint, the answer cache in a fresh ledger, every answer saved as
      it arrives) asking N prompts at concurrency C: answers/s, and its share of the bound C / latency
@@ -35,7 +35,7 @@ from tuneproxy.evaluation.runner import Runner
 from tuneproxy.ledger import Ledger
 from tuneproxy.providers.compatible import compatible_endpoint
 
-SERVER = Path(__file__).with_name("fake_chat_server.py")
+SERVER = Path(__file__).resolve().parent.parent / "tests" / "fake_chat_server.py"  # shared with the tests
 PARAMS = GenerationParams(max_tokens=32)
 RATE_LIMITED_SHARE = 0.1
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.contract.cases import FIREWORKS, HappyRun, run_happy_path, training_file
+from tests.contract.cases import FIREWORKS, HappyRun, paths, run_happy_path, sent, training_file
 from tuneproxy.contract import Deployable, JobStatus, Quantity, Stats, UnknownStatusWarning
 from tuneproxy.costs import bill_for, price_estimate
 from tuneproxy.errors import ConfigError, DatasetError, ProviderError
@@ -24,7 +24,7 @@ from tuneproxy.providers.fireworks import (
     fireworks_id,
     money_usd,
 )
-from tuneproxy.recording import Interaction, JsonBody, RecordedResponse, ReplayTransport
+from tuneproxy.recording import Interaction, JsonBody, RecordedResponse
 
 JOB = FIREWORKS.job_id
 SPEC = FIREWORKS.spec()
@@ -38,14 +38,6 @@ def provider(transport: Any = None, waits: list[float] | None = None, **options:
     return p
 
 
-def paths(transport: ReplayTransport) -> list[tuple[str, str]]:
-    return [(r.method, urlsplit(r.url).path) for r in transport.log]
-
-
-def sent(transport: ReplayTransport, method: str, path: str) -> dict[str, Any]:
-    (request,) = transport.requests(method, path)
-    assert isinstance(request.body, JsonBody)
-    return request.body.json_
 
 
 def happy_interactions() -> list[Interaction]:

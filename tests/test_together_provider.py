@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.contract.cases import INTENT, TOGETHER, HappyRun, run_happy_path
+from tests.contract.cases import INTENT, TOGETHER, HappyRun, paths, run_happy_path, sent
 from tuneproxy import registry
 from tuneproxy.contract import Hyperparameters, Quantity, Stats
 from tuneproxy.costs import bill_for, price_estimate
@@ -33,14 +33,6 @@ def provider(transport: Any = None, waits: list[float] | None = None, **options:
     return p
 
 
-def paths(transport: ReplayTransport) -> list[tuple[str, str]]:
-    return [(r.method, urlsplit(r.url).path) for r in transport.log]
-
-
-def sent(transport: ReplayTransport, method: str, path: str) -> dict[str, Any]:
-    (request,) = transport.requests(method, path)
-    assert isinstance(request.body, JsonBody)
-    return request.body.json_
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from tuneproxy.contract import Clock, Provider, ProviderOptions, utc_now
+from tuneproxy.contract import Clock, Endpoint, Provider, ProviderOptions, utc_now
 from tuneproxy.errors import BackendNotInstalled, ConfigError, MissingCredentials
 
 BUILTIN: dict[str, str] = {
@@ -27,6 +27,9 @@ BUILTIN: dict[str, str] = {
 }
 
 ENTRY_POINT_GROUP = "tuneproxy.providers"
+
+# Not a provider but a protocol: a model behind any OpenAI-compatible server (vLLM, Ollama, LM Studio).
+URL_ENDPOINT = "tuneproxy.providers.compatible:compatible_endpoint"
 
 
 def _targets() -> dict[str, str]:
@@ -89,3 +92,12 @@ def create(name: str, options: ProviderOptions | Mapping[str, Any] | None = None
         if api_key is None and require_key:
             raise MissingCredentials(cls.CAPABILITIES.display_name, credentials.env_var)
     return cls(options, api_key=api_key, transport=transport, clock=clock, sleep=sleep)
+
+
+def url_endpoint(base_url: str, model: str, **options: Any) -> Endpoint:
+    """An :class:`Endpoint` asking ``model`` at the OpenAI-compatible ``base_url`` (imported now, not before;
+    ``options``: ``api_key``, ``transport``, ``timeout``)."""
+    module_name, _, attr = URL_ENDPOINT.partition(":")
+    build = getattr(importlib.import_module(module_name), attr)
+    endpoint: Endpoint = build(base_url, model, **options)
+    return endpoint

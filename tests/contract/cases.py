@@ -38,7 +38,7 @@ from tuneproxy.contract import (
     Stats,
     UploadedFile,
 )
-from tuneproxy.recording import Cassette, Interaction, ReplayTransport, build_response, cassette_path
+from tuneproxy.recording import Cassette, Interaction, JsonBody, ReplayTransport, build_response, cassette_path
 
 CONTRACT_SCENARIOS: frozenset[str] = frozenset(
     {"happy_path", "failed_validation", "cancelled", "rate_limited", "lost_create", "unauthorized"}
@@ -145,6 +145,18 @@ class ProviderCase:
                 return route
         raise AssertionError(f"No route of the {self.name} case for {request.method} {request.url}: add it "
                              "to its routes in tests/contract/cases.py")
+
+
+def paths(transport: ReplayTransport) -> list[tuple[str, str]]:
+    """The method and path of every request a replay served, in order."""
+    return [(r.method, urlsplit(r.url).path) for r in transport.log]
+
+
+def sent(transport: ReplayTransport, method: str, path: str) -> dict[str, Any]:
+    """The JSON body of the one request sent to ``method path``."""
+    (request,) = transport.requests(method, path)
+    assert isinstance(request.body, JsonBody)
+    return request.body.json_
 
 
 def never_sleep(seconds: float) -> None:

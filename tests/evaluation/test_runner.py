@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pytest
 from rich.console import Console
 
-from benchmarks.fake_chat_server import FakeChatServer, answer_for
+from tests.fake_chat_server import FakeChatServer, answer_for
 from tuneproxy.contract import Completion, Endpoint, GenerationParams, Message, Usage
 from tuneproxy.errors import (
     AuthenticationFailed,

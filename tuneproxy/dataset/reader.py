@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from tuneproxy.dataset.findings import Findings, finding
+from tuneproxy.dataset.findings import Finding, Findings, finding
 from tuneproxy.errors import DataFileUnreadable, DatasetError
 
 BOM = b"\xef\xbb\xbf"
@@ -182,8 +182,18 @@ def read_jsonl(path: Path, findings: Findings, span: Span = Span()) -> Iterator[
         if span.start == 0 and not seen_content and _blank_from(handle, position):
             findings.add(finding("empty-file", 0, "", "The file has no examples. Add one JSON object per line."))
     if crlf_lines:
-        findings.add(finding("crlf-line-endings", first_crlf, "", f"{crlf_lines:,} lines end with CRLF "
-                             "(Windows line endings); they were read fine, but convert with `dos2unix`."))
+        findings.add(crlf_finding(crlf_lines, first_crlf))
+
+
+def crlf_finding(lines: int, first: int) -> Finding:
+    """The one CRLF finding of a file (or of a span of it): how many lines, from the first one."""
+    return finding("crlf-line-endings", first, "", f"{lines:,} lines end with CRLF (Windows line endings); they "
+                   "were read fine, but convert with `dos2unix`.")
+
+
+def crlf_lines(found: Finding) -> int:
+    """How many lines a :func:`crlf_finding` counted (the number its message starts with)."""
+    return int(found.message.split(" ", 1)[0].replace(",", ""))
 
 
 def _blank_from(handle: Any, start: int, block: int = 1 << 20) -> bool:

@@ -25,7 +25,15 @@ from pydantic import BaseModel, Field
 from tuneproxy.contract import DatasetRules, Stats
 from tuneproxy.dataset.examples import Example, detect_format
 from tuneproxy.dataset.findings import BY_NAME, Finding, Findings, finding
-from tuneproxy.dataset.reader import Span, check_path, iter_objects, read_jsonl, split_spans
+from tuneproxy.dataset.reader import (
+    Span,
+    check_path,
+    crlf_finding,
+    crlf_lines,
+    iter_objects,
+    read_jsonl,
+    split_spans,
+)
 from tuneproxy.dataset.rules import ExampleChecker, scan_text
 from tuneproxy.errors import DatasetError
 from tuneproxy.tokens import TokenCounter, counter_for
@@ -307,11 +315,8 @@ def _merge(parts: list[_Part], keep: int) -> tuple[Findings, int]:
 
 
 def _all_crlf_lines(per_span: list[Finding]) -> Finding:
-    """One CRLF finding for the file: the first span's line, every span's count. The reader states a
-    span's count only as its message's first word ("1,234 lines end with CRLF ...")."""
-    total = sum(int(f.message.split(" ", 1)[0].replace(",", "")) for f in per_span)
-    first = per_span[0]
-    return replace(first, message=f"{total:,}{first.message[first.message.index(' '):]}")
+    """One CRLF finding for the file: the first span's line, every span's count."""
+    return crlf_finding(sum(crlf_lines(f) for f in per_span), per_span[0].line)
 
 
 class _Scanner:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneproxy import holdouts
+from tuneproxy import holdouts, registry
 from tuneproxy.contract import Deployment, Endpoint
 from tuneproxy.dataset.examples import Example
 from tuneproxy.dataset.validate import load_examples
@@ -99,9 +99,7 @@ def _baseline(tuned: TunedModel | None, spec: BaselineSpec, slice_by: str | None
 
 def url_system(url: str, model: str, name: str | None = None) -> System:
     """An OpenAI-compatible server (vLLM, Ollama, LM Studio, a colleague's) serving ``model``."""
-    from tuneproxy.providers.compatible import compatible_endpoint
-
-    return System(name=name or model, kind="endpoint", endpoint=compatible_endpoint(url, model),
+    return System(name=name or model, kind="endpoint", endpoint=registry.url_endpoint(url, model),
                   key=f"{url.rstrip('/')}#{model}")
 
 

@@ -8,7 +8,7 @@ a fixed latency. What it does to a prompt's requests can be scripted, one action
 counts requests and answers per prompt and the most requests it held at once; ``GET /stats`` returns the
 counts as JSON, for a server run in another process::
 
-    python benchmarks/fake_chat_server.py --latency 0.05 [--first-429-share 0.1]   # prints its port
+    python tests/fake_chat_server.py --latency 0.05 [--first-429-share 0.1]   # prints its port
 
 A small HTTP/1.1 server on asyncio streams (keep-alive, Content-Length bodies only: what the openai SDK
 sends), running its own event loop in a thread, so a test's client and the server do not share a loop.
