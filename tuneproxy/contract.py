@@ -220,6 +220,8 @@ class Capabilities(BaseModel):
     sunset: dt.date | None = Field(None, description="From this date no new jobs are accepted.")
     sunset_note: str = Field("", description="Why, and what stays available after it.")
     poll_seconds: float = Field(10.0, description="How often a waiting client should ask for the job's state.")
+    serving_note: str = Field("", description="What serving a tuned model costs beyond its requests (a paid "
+                                              "deployment, idle time), shown with a fit's result.")
 
     @property
     def env_key(self) -> str | None:

@@ -39,7 +39,7 @@ from tests.contract.cases import (
 )
 from tests.local_helpers import build_model_folder, follow, ticket_records, ticket_words, write_jsonl
 from tuneproxy import registry
-from tuneproxy.contract import Completion, JobRecord, JobStatus, Provider
+from tuneproxy.contract import Completion, GenerationParams, JobRecord, JobStatus, Provider
 from tuneproxy.costs import bill_for
 from tuneproxy.errors import (
     AuthenticationFailed,
@@ -205,10 +205,13 @@ def test_the_tuned_model_answers_a_chat_completion_with_its_finish_reason(case: 
         return
     ((answer,),) = happy.slices["complete"]
     assert isinstance(answer.response.body, JsonBody)
-    choice = answer.response.body.json_["choices"][0]
-    assert completion.text == choice["message"]["content"] and completion.text
-    assert completion.finish_reason == choice["finish_reason"]  # the service's word, verbatim
-    assert completion.usage.completion_tokens == answer.response.body.json_["usage"]["completion_tokens"]
+    text, finish_reason, completion_tokens = case.answer(answer.response.body.json_)
+    assert completion.text == text and completion.text
+    if finish_reason is not None:
+        assert completion.finish_reason == finish_reason  # the service's word, verbatim
+    else:  # none stated: derived from the token count (fewer than allowed: it stopped by itself)
+        assert completion.finish_reason == "stop" and completion_tokens < GenerationParams().max_tokens
+    assert completion.usage.completion_tokens == completion_tokens
 
 
 def test_complete_many_returns_one_outcome_per_conversation(case: Case, happy: HappyRun) -> None:
@@ -223,8 +226,7 @@ def test_complete_many_returns_one_outcome_per_conversation(case: Case, happy: H
         refused = Interaction(
             request=RecordedRequest(method="POST", url=answer.request.url),  # any body
             response=RecordedResponse(status=400, headers={"content-type": "application/json"},
-                                      body=JsonBody(json={"error": {"message": "This model does not accept tools.",
-                                                                    "type": "invalid_request_error"}})),
+                                      body=JsonBody(json=case.error_body("This model does not accept tools.", 400))),
         )
         with attached(case, happy, lambda: [answer, refused]) as p:
             first, second = p.endpoint(tuned).complete_many([PROMPT, [{"role": "user", "content": "call a tool"}]],
@@ -386,7 +388,7 @@ def _create_answered(case: ProviderCase, status: int) -> ReplayTransport:
     """The lost_create cassette up to its create request, which is answered ``status``."""
     interactions, at = _create_at(case)
     answer = RecordedResponse(status=status, headers={"content-type": "application/json"},
-                              body=JsonBody(json={"error": {"message": f"answered {status}", "type": "server"}}))
+                              body=JsonBody(json=case.error_body(f"answered {status}", status)))
     return case.scripted([*interactions[:at], Interaction(request=interactions[at].request, response=answer)])
 
 
