@@ -1,7 +1,7 @@
 """The main job, end to end on the bundled sample: what `make demo` runs.
 
 1. Validate fixtures/datasets/sample.jsonl against every provider's rules, with exact token statistics.
-2. Estimate what fine-tuning it would cost on each provider that prices per token.
+2. Estimate what fine-tuning it would cost on each provider (Replicate by the second on its trainer's hardware).
 3. Fine-tune SmolLM2-135M-Instruct locally, then evaluate it against its base and a few-shot base per
    category, into an HTML report (when the local backend is installed). Each stage prints its time.
 Everything runs offline; state goes to ./.tuneproxy-demo.
@@ -46,7 +46,7 @@ def estimates(console: Console) -> None:
     table = Table(title="What 3 epochs on the sample would cost (before anything is paid)")
     for col in ("provider", "model", "USD", "how"):
         table.add_column(col, overflow="fold")
-    for name in ("openai", "together", "fireworks"):
+    for name in ("openai", "together", "fireworks", "replicate"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SunsetWarning)  # the sunset is in the table's basis column
             tuner = Tuner(name, MODELS[name], epochs=3, show_progress=False)

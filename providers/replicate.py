@@ -20,8 +20,8 @@ Facts this module relies on (see reference/providers-fireworks-replicate.md §2)
   kept verbatim and listed with every training, and a fragment is never sent when the trainer downloads the
   URL. :meth:`ReplicateProvider.find_job` looks for it there.
 - Statuses: ``starting | processing | succeeded | failed | canceled``. ``logs`` is the whole log so far; it is
-  read into events, one per line, with losses where the trainer prints them (Hugging Face Trainer's
-  ``{'loss': …, 'epoch': …}`` dicts or ``loss=…`` pairs).
+  read into events, one per line (progress-bar redraws left out), with losses where the trainer prints them
+  (Hugging Face Trainer's ``{'loss': …, 'epoch': …}`` dicts or ``loss=…`` pairs).
 - The bill is ``metrics.predict_time`` (seconds on the trainer's hardware; queueing is free) × the catalogue's
   per-second price of ``hardware``. The SDK's ``Training`` drops ``metrics``, so a training is read as raw JSON
   through the SDK's own request layer and then parsed with the SDK's parser.
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
 import time
 import types
@@ -101,6 +102,7 @@ LLAMA_GENERATION: dict[str, str] = {"max_tokens": "max_new_tokens", "temperature
 
 _MODEL_REF = re.compile(r"(?P<owner>[A-Za-z0-9][\w.-]*)/(?P<name>[\w.-]+)(?::(?P<version>[0-9a-f]{64}))?")
 _VERSION_ONLY = re.compile(r"[0-9a-f]{64}")
+_PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's "  5%|▌   | 50/1000 [...]"
 _LOSS_DICT = re.compile(r"'(?P<key>loss|eval_loss|epoch|step|global_step)':\s*(?P<value>-?[0-9.]+(?:e[-+]?\d+)?)")
 _LOSS_PAIR = re.compile(r"\b(?P<key>loss|eval_loss|train_loss|val_loss|valid_loss|epoch|step)\s*[=:]\s*"
                         r"(?P<value>-?[0-9.]+(?:e[-+]?\d+)?)", re.IGNORECASE)
@@ -193,8 +195,9 @@ def direct_client_class() -> type:
 
     class DirectClient(Client):
         def __init__(self, api_token: str, *, base_url: str | None, timeout: float, transport: Any) -> None:
-            super().__init__(api_token, base_url=base_url or BASE_URL)
-            self._settings = {"base_url": base_url or BASE_URL, "timeout": timeout, "headers": {
+            root = base_url or os.environ.get("REPLICATE_BASE_URL") or BASE_URL  # as the SDK's own client
+            super().__init__(api_token, base_url=root)
+            self._settings = {"base_url": root, "timeout": timeout, "headers": {
                 "User-Agent": f"replicate-python/{__version__}", "Authorization": f"Bearer {api_token}"}}
             self._transport = transport
             self._sync: httpx.Client | None = None
@@ -282,8 +285,6 @@ class ReplicateProvider(SDKProvider):
     @property
     def destination(self) -> str:
         """The destination model: the ``destination`` option, else ``REPLICATE_DESTINATION``."""
-        import os
-
         value = self.replicate_options.destination or os.environ.get(DESTINATION_ENV)
         if not value:
             raise ConfigError(self._no_destination())
@@ -297,15 +298,14 @@ class ReplicateProvider(SDKProvider):
                 "`-o create_destination=true` to have tuneproxy create it as a private model.")
 
     def check(self, spec: JobSpec) -> list[str]:
-        """A destination must be named before anything is uploaded; the model must be owner/name[:version]."""
-        import os
-
-        problems = []
-        if not (self.replicate_options.destination or os.environ.get(DESTINATION_ENV)):
-            problems.append(self._no_destination())
+        """The model must be a trainer: owner/name or owner/name:<version id>."""
         if not _MODEL_REF.fullmatch(spec.model):
-            problems.append(f"{spec.model!r} is not a Replicate trainer: give owner/name or owner/name:<version id>.")
-        return problems
+            return [f"{spec.model!r} is not a Replicate trainer: give owner/name or owner/name:<version id>."]
+        return []
+
+    def submit_problems(self) -> list[str]:
+        """A destination must be named before anything is uploaded (an estimate needs none)."""
+        return [] if self.replicate_options.destination or os.environ.get(DESTINATION_ENV) else [self._no_destination()]
 
     # ------------------------------------------------------------------ upload
 
@@ -500,13 +500,13 @@ class ReplicateProvider(SDKProvider):
 
 
 def log_events(logs: str, when: Any) -> list[JobEvent]:
-    """One event per non-empty log line, ``log-N`` by its line number (stable: the log only grows), with the
-    losses, epoch and step a line prints."""
+    """One event per log line, ``log-N`` by its line number (stable: the log only grows), with the losses,
+    epoch and step a line prints. Empty lines and progress-bar redraws without a loss are left out."""
     found = []
     for number, line in enumerate(logs.splitlines(), start=1):
         text = line.strip()
-        if not text:
-            continue
+        if not text or (_PROGRESS_BAR.search(text) and "loss" not in text):
+            continue  # a progress bar redrawn step by step: hundreds of lines saying nothing a loss line does not
         values: dict[str, float] = {}
         for match in (*_LOSS_DICT.finditer(text), *_LOSS_PAIR.finditer(text)):
             try:

@@ -610,6 +610,11 @@ class Provider(ABC):
         """Backend-specific preflight problems for ``spec`` beyond the dataset rules (messages to show)."""
         return []
 
+    def submit_problems(self) -> list[str]:
+        """Settings a submission needs that validating and estimating do not (a model to train into),
+        checked before anything is uploaded; messages to show. Default: none."""
+        return []
+
     @abstractmethod
     def upload(self, path: Path, purpose: Literal["train", "validation"] = "train") -> UploadedFile:
         """Send a file already converted to this backend's upload format."""

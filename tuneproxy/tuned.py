@@ -53,6 +53,12 @@ class TunedModel:
         return self.record.job_id
 
     @property
+    def serving_note(self) -> str:
+        """What serving this model costs beyond its requests, where the backend says (a paid deployment that
+        bills while it is up, a private model's idle time); empty otherwise. ``tuneproxy fit`` shows it."""
+        return self._provider.capabilities.serving_note
+
+    @property
     def endpoint(self) -> Endpoint:
         """Generates with the tuned model (on a :class:`Deployable` backend, pass the deployment's
         serving name to the provider's ``endpoint`` instead)."""

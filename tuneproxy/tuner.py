@@ -283,9 +283,13 @@ class Tuner:
         return earlier
 
     def _require_key(self) -> None:
+        """What submitting needs that an estimate does not: the key, and the backend's own settings."""
         credentials = self.provider.capabilities.credentials
         if credentials and not self.provider.api_key:
             raise MissingCredentials(self.provider.capabilities.display_name, credentials.env_var)
+        problems = self.provider.submit_problems()
+        if problems:
+            raise ConfigError(" ".join(problems))
 
     def _preflight(self, report: Report) -> CostEstimate:
         """The provider's own objections to this job (raised), then its estimate before any upload."""
