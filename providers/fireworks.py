@@ -19,7 +19,17 @@ Facts this module relies on (see reference/providers-fireworks-replicate.md §1)
   the billed figure once the job has ended. Before the job, the core prices tokens × epochs by the catalogue's
   size band.
 - There are no job events: :meth:`FireworksProvider.events` derives them from the job itself (its creation,
-  its state, its progress percent and epoch).
+  its state, its progress percent and epoch) and from its metrics file.
+- The loss curve is only behind ``metricsFileSignedUrl``, a signed storage URL on the job. Fireworks documents
+  the field ("The signed URL for the metrics file") but not the file. What public client code reads from it
+  (openpond/openpond ``apps/server/src/training/fireworks-metrics.ts`` and its test; ``firectl dpo-job
+  export-metrics`` saves the DPO equivalent as ``metrics.jsonl``): JSON lines, one per logged step, either
+  flat (``{"step": 1, "train/step": 1, "train/loss": 1.379, "train/lr": 0.0001, "train/total_tokens": …}``)
+  or nested (``{"timestamp": <unix s>, "step": 1, "data": {"train/epoch": 0, "train/loss": 0.93, …}}``).
+  No sample shows an evaluation row; ``eval/loss`` (and a few spellings like it) is assumed. So it is read
+  defensively (:func:`metric_points`: JSON lines, a JSON array, or CSV with a step column and loss-like
+  columns), fetched on the provider's own transport without the API key, and a file that cannot be fetched or
+  read is a :class:`MetricsWarning`, never a failed read of the job.
 - A tuned LoRA is served only on a dedicated deployment (:class:`tuneproxy.contract.Deployable`, the last
   section of the class): ``deployments.create`` with the LoRA as base model, read until ``READY``, deleted on
   request; its hourly price from the catalogue's GPU-hour rows. Inference names ``model#deployment``.
@@ -27,10 +37,16 @@ Facts this module relies on (see reference/providers-fireworks-replicate.md §1)
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import hashlib
+import io
+import json
+import math
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -55,7 +71,8 @@ from tuneproxy.contract import (
 )
 from tuneproxy.dataset.convert import chat_record
 from tuneproxy.dataset.examples import Example
-from tuneproxy.errors import ConfigError, DatasetError, NotFound, ProviderError, ReplayMismatch
+from tuneproxy.errors import ConfigError, DatasetError, NotFound, ProviderError, ReplayMismatch, redact
+from tuneproxy.recording import CassetteMismatch
 
 from ._http import intent_tag, to_datetime
 from ._sdk import SDKOptions, SDKProvider
@@ -67,6 +84,16 @@ DEFAULT_EPOCHS = 1
 ID_MAX = 63
 NANO = 1_000_000_000
 _MODEL_NAME = re.compile(r"accounts/[^/]+/models/[^/#]+")
+# Columns of the metrics file, first found wins (see the module docstring: the file is not documented).
+STEP_KEYS = ("step", "train/step", "global_step", "train/global_step", "eval/step")
+TRAIN_LOSS_KEYS = ("train/loss", "loss", "train_loss", "training_loss")
+VALID_LOSS_KEYS = ("eval/loss", "eval_loss", "evaluation/loss", "validation/loss", "valid/loss", "val/loss",
+                   "validation_loss", "val_loss")
+EPOCH_KEYS = ("train/epoch", "epoch", "eval/epoch")
+
+
+class MetricsWarning(UserWarning):
+    """A Fireworks job's metrics file could not be fetched or read: the job is read without its loss curve."""
 
 CAPABILITIES = Capabilities(
     display_name="Fireworks AI",
@@ -131,6 +158,7 @@ class FireworksProvider(SDKProvider):
     DOCUMENTED_UNMAPPED: ClassVar[frozenset[str]] = frozenset(
         f"JOB_STATE_{s}" for s in ("UNSPECIFIED", "DELETING", "DELETING_CLEANING_UP", "PAUSED", "DELETED", "ARCHIVED")
     )
+    _metrics_client: Any = None  # the plain httpx client that fetches metrics files (built on first use)
 
     # ------------------------------------------------------------------ clients
 
@@ -212,9 +240,13 @@ class FireworksProvider(SDKProvider):
                                     provider=self.name, raw=str(status.code))
             if dataset.state == "READY":
                 return dataset
-        raise ProviderError(f"Fireworks dataset {dataset_id} is still {dataset.state} after "
-                            f"{options.upload_poll_attempts} checks; check it with `firectl get dataset {dataset_id}` "
-                            "and try again later.", provider=self.name, raw=str(dataset.state))
+        waited = (options.upload_poll_attempts - 1) * options.upload_poll_seconds
+        raise ProviderError(
+            f"Fireworks dataset {dataset_id} is still {dataset.state} after {options.upload_poll_attempts} checks "
+            f"({waited:g} s), so no job was created and nothing is billed. Check it with `firectl get dataset "
+            f"{dataset_id}`; once it is READY, run the same command again (the dataset is reused, not uploaded "
+            "again). To wait longer for it, raise the number of checks: `-o upload_poll_attempts=120` (Python: "
+            "provider_options={'upload_poll_attempts': 120}).", provider=self.name, raw=str(dataset.state))
 
     def _uploaded(self, dataset: Any, path: Path, size: int, purpose: Literal["train", "validation"]) -> UploadedFile:
         return UploadedFile(id=dataset.name, filename=path.name, bytes=size, purpose=purpose)
@@ -251,14 +283,64 @@ class FireworksProvider(SDKProvider):
         return self._call(f"read job {job_id}", lambda: jobs.get(job_id), retry=True)
 
     def events(self, job_id: str, after: str | None = None) -> list[JobEvent]:
-        """Events read off the job (Fireworks keeps no event list): its creation, its state, and its
-        progress, each with an id that names what it says, so a later read gives the same ids to what has
-        not changed. Those after event id ``after``; an id the job no longer shows gives every event (the
+        """Events read off the job (Fireworks keeps no event list): its creation, one event per step of its
+        metrics file (``metrics-<step>``: the losses of that step), and last its status (state, progress
+        percent, epoch, latest step), each with an id that names what it says, so a later read gives the
+        same ids to what has not changed.
+
+        The list only grows at its end, so the events newer than ``after`` are those after it: a step joins
+        once a later step is logged or the job has ended (until then it may still gain its evaluation row),
+        and the status event comes last with an id naming all it reports (``state-<STATE>-epoch<e>-<p>pct-
+        step<s>``), so any change makes a new one. An id the job no longer shows gives every event (the
         ledger keeps one copy of each id)."""
         job = self._read(job_id)
-        found = self._events(job)
+        found = self._events(job, self._metric_points(job))
         ids = [event.id for event in found]
         return found[ids.index(after) + 1:] if after in ids else found
+
+    def _metric_points(self, job: Any) -> list[MetricPoint]:
+        """The steps of the job's metrics file that are final (all of them once the job has ended; else
+        all but the last), oldest first; none without a file or when it cannot be fetched or read."""
+        url = job.metrics_file_signed_url
+        if not url:
+            return []
+        job_id = job_id_of(job.name or "")
+        text = self._metrics_file(url, job_id)
+        if text is None:
+            return []
+        try:
+            points = sorted(metric_points(text).values(), key=lambda point: point.step)
+        except (ValueError, TypeError, csv.Error) as exc:
+            warnings.warn(f"The metrics file of Fireworks job {job_id} could not be read ({type(exc).__name__}: "
+                          f"{exc}); its loss curve is left out.", MetricsWarning, stacklevel=4)
+            return []
+        return points if self.status(str(job.state or "")).terminal else points[:-1]
+
+    def _metrics_file(self, url: str, job_id: str) -> str | None:
+        """The metrics file's text, fetched on the provider's own transport (a replay in tests) by a plain
+        client: the URL is signed, so the API key is never sent to the storage host. A failure is a
+        warning (the next read tries again); a replay mismatch is an error."""
+        import httpx
+
+        if self._metrics_client is None:
+            self._metrics_client = httpx.Client(transport=self.transport, timeout=self.settings.timeout,
+                                                follow_redirects=True)
+        shown = redact(url.split("?", 1)[0])
+        try:
+            response = self._metrics_client.get(url)
+        except CassetteMismatch as exc:
+            raise self.error(exc, f"read the metrics file of job {job_id}") from None
+        except httpx.HTTPError as exc:
+            warnings.warn(f"The metrics file of Fireworks job {job_id} could not be fetched from {shown} "
+                          f"({type(exc).__name__}); its loss curve is left out for now.", MetricsWarning,
+                          stacklevel=5)
+            return None
+        if response.status_code != 200:
+            warnings.warn(f"The metrics file of Fireworks job {job_id} could not be fetched from {shown} (HTTP "
+                          f"{response.status_code}); its loss curve is left out for now.", MetricsWarning,
+                          stacklevel=5)
+            return None
+        return response.text
 
     def cancel(self, job_id: str) -> JobRecord:
         """Ask Fireworks to cancel the job (it answers ``{}``), then read the job: it reports
@@ -443,23 +525,136 @@ class FireworksProvider(SDKProvider):
                     "epoch": progress.epoch if progress is not None else None},
         )
 
-    def _events(self, job: Any) -> list[JobEvent]:
+    def _events(self, job: Any, points: list[MetricPoint]) -> list[JobEvent]:
         created = to_datetime(job.create_time) or self.clock()
         updated = to_datetime(job.update_time) or created
         raw = str(job.state or "JOB_STATE_UNSPECIFIED")
         found = [JobEvent(id="created", time=created, message=f"Job {job_id_of(job.name or '')} created")]
+        found += [point.event(updated) for point in points]
         progress = job.job_progress
-        if progress is not None and progress.percent is not None:
-            epoch = progress.epoch
-            found.append(JobEvent(id=f"progress-{epoch}-{progress.percent}", time=updated, epoch=epoch,
-                                  message=f"{progress.percent}% done" + (f" (epoch {epoch})" if epoch is not None
-                                                                         else "")))
+        percent = progress.percent if progress is not None else None
+        epoch = progress.epoch if progress is not None else None
+        last = points[-1].step if points else None
         failed = self.STATUS_MAP.get(raw) is JobStatus.FAILED
-        message = f"State {raw.removeprefix('JOB_STATE_').lower()}"
+        key, said = [f"state-{raw}"], []
+        if epoch is not None:
+            key.append(f"epoch{epoch}")
+        if percent is not None:
+            key.append(f"{percent}pct")
+            said.append(f"{percent}% done")
+        if epoch is not None:
+            said.append(f"epoch {epoch}")
+        if last is not None:
+            key.append(f"step{last}")
+            said.append(f"step {last}")
+        message = f"State {raw.removeprefix('JOB_STATE_').lower()}" + (f" ({', '.join(said)})" if said else "")
         if failed and job.status is not None and job.status.message:
             message += f": {job.status.message}"
-        found.append(JobEvent(id=f"state-{raw}", time=updated, level="error" if failed else "info", message=message))
+        found.append(JobEvent(id="-".join(key), time=updated, level="error" if failed else "info", message=message,
+                              step=last, epoch=epoch))
         return found
+
+
+@dataclass
+class MetricPoint:
+    """One logged step of a Fireworks metrics file: its losses (training and, where logged, evaluation)."""
+
+    step: int
+    epoch: float | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    time: dt.datetime | None = None  # the row's own timestamp, when it has one
+
+    def event(self, fallback: dt.datetime) -> JobEvent:
+        losses = ", ".join(f"{name} loss={value:.4f}" for name, value in
+                           (("training", self.train_loss), ("validation", self.valid_loss)) if value is not None)
+        return JobEvent(id=f"metrics-{self.step}", time=self.time or fallback, message=f"Step {self.step}: {losses}",
+                        step=self.step, epoch=self.epoch, train_loss=self.train_loss, valid_loss=self.valid_loss)
+
+
+def metric_points(text: str) -> dict[int, MetricPoint]:
+    """The loss points of a Fireworks metrics file by step, rows of one step merged (a later value of a
+    field wins). Read defensively, as the format is not documented: JSON lines (a line that is not JSON is
+    skipped), a JSON array, or CSV with a header; each row flat or with its metrics under ``data``; the step
+    from :data:`STEP_KEYS`, losses from :data:`TRAIN_LOSS_KEYS` / :data:`VALID_LOSS_KEYS`, the epoch from
+    :data:`EPOCH_KEYS`, the time from ``timestamp`` (unix seconds or ISO). Rows without a step or a loss
+    are left out."""
+    points: dict[int, MetricPoint] = {}
+    for row in _metric_rows(text):
+        data = row.get("data")
+        values = {**row, **data} if isinstance(data, dict) else row
+        step = _first_number(values, STEP_KEYS)
+        train, valid = _first_number(values, TRAIN_LOSS_KEYS), _first_number(values, VALID_LOSS_KEYS)
+        if step is None or step < 0 or (train is None and valid is None):
+            continue
+        point = points.setdefault(int(step), MetricPoint(int(step)))
+        epoch = _first_number(values, EPOCH_KEYS)
+        point.epoch = point.epoch if epoch is None else epoch
+        point.train_loss = point.train_loss if train is None else train
+        point.valid_loss = point.valid_loss if valid is None else valid
+        point.time = point.time or _row_time(row.get("timestamp"))
+    return points
+
+
+def _metric_rows(text: str) -> list[dict[str, Any]]:
+    text = text.lstrip("\ufeff").strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, list):
+            return [row for row in whole if isinstance(row, dict)]
+    rows: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    if rows:
+        return rows
+    header = text.splitlines()[0].lower()
+    if "," in header and any(key in header for key in STEP_KEYS):
+        return [dict(row) for row in csv.DictReader(io.StringIO(text))]
+    return []
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str) and value.strip():
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _first_number(values: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        number = _number(values.get(key))
+        if number is not None:
+            return number
+    return None
+
+
+def _row_time(value: Any) -> dt.datetime | None:
+    """A row's ``timestamp`` as a datetime (unix seconds or an ISO string), or None."""
+    seconds = _number(value)
+    try:
+        if seconds is not None:
+            return to_datetime(seconds)
+        return to_datetime(value) if isinstance(value, str) and value.strip() else None
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def job_id_of(name: str) -> str:

@@ -6,6 +6,8 @@ tests/contract/test_provider_contract.py.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,15 +18,25 @@ import pytest
 from tests.contract.cases import FIREWORKS, HappyRun, paths, run_happy_path, sent, training_file
 from tuneproxy.contract import Deployable, JobStatus, Quantity, Stats, UnknownStatusWarning
 from tuneproxy.costs import bill_for, price_estimate
-from tuneproxy.errors import ConfigError, DatasetError, ProviderError
+from tuneproxy.errors import ConfigError, DatasetError, ProviderError, ReplayMismatch
 from tuneproxy.providers.fireworks import (
     DIRECT_UPLOAD_LIMIT,
     FireworksProvider,
+    MetricsWarning,
     dataset_id_for,
     fireworks_id,
+    metric_points,
     money_usd,
 )
-from tuneproxy.recording import Interaction, JsonBody, RecordedResponse
+from tuneproxy.recording import (
+    Interaction,
+    JsonBody,
+    RecordedRequest,
+    RecordedResponse,
+    ReplayTransport,
+    TextBody,
+    library_of,
+)
 
 JOB = FIREWORKS.job_id
 SPEC = FIREWORKS.spec()
@@ -155,10 +167,15 @@ def test_a_dataset_stuck_uploading_is_a_provider_error_after_the_bounded_checks(
     create, upload, ready = happy_interactions()[:3]
     uploading = answered(ready, state="UPLOADING")
     transport, waits = FIREWORKS.scripted([create, upload, uploading, uploading]), []
-    with pytest.raises(ProviderError, match="still UPLOADING after 2 checks"):
+    with pytest.raises(ProviderError, match="still UPLOADING after 2 checks") as caught:
         provider(transport, waits=waits, upload_poll_attempts=2).upload(training_file(tmp_path))
     transport.assert_all_played()
     assert waits == [2.0]
+    # what to do: check it, rerun once it is ready (reused), or wait longer
+    message = str(caught.value)
+    assert "no job was created" in message and "firectl get dataset tp-train-cf7bf2d5415e" in message
+    assert "run the same command again" in message and "-o upload_poll_attempts=" in message
+    assert caught.value.exit_code == 3
 
 
 def test_a_dataset_fireworks_refuses_is_an_error_with_its_message(tmp_path: Path) -> None:
@@ -231,14 +248,149 @@ def test_every_state_the_sdk_and_the_api_document_is_mapped_or_deliberately_unma
 
 
 def test_events_are_read_off_the_job_with_ids_naming_what_they_say(happy: HappyRun) -> None:
-    assert [e.id for e in happy.events] == ["created", "progress-0-40", "state-JOB_STATE_RUNNING"]
-    assert happy.events[1].epoch == 0 and "40%" in happy.events[1].message
+    assert [e.id for e in happy.events] == ["created", "state-JOB_STATE_RUNNING-epoch0-40pct"]
+    assert happy.events[1].epoch == 0 and happy.events[1].message == "State running (40% done, epoch 0)"
 
 
 def test_a_failed_job_s_events_end_in_an_error_with_the_service_message() -> None:
     _, failed = FIREWORKS.cassette("failed_validation").interactions
     last = provider(FIREWORKS.scripted([failed])).events(JOB)[-1]
     assert last.level == "error" and FIREWORKS.failure_message in last.message
+
+
+# --------------------------------------------------------------------------- training metrics
+
+METRICS_URL = ("https://storage.googleapis.com/fw-artifacts/acme/sftj/k3v9q2xz7m1p/metrics.jsonl?"
+               "X-Goog-Expires=3600&X-Goog-Signature=REDACTED")
+
+
+def jsonl(*rows: dict[str, Any]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def job_read(state: str = "JOB_STATE_RUNNING", percent: int = 40, epoch: int = 0) -> Interaction:
+    """A read of the job, with its metrics file's signed URL."""
+    return answered(happy_interactions()[4], state=state, jobProgress={"percent": percent, "epoch": epoch},
+                    metricsFileSignedUrl=METRICS_URL)
+
+
+def metrics_file(text: str, status: int = 200) -> Interaction:
+    return Interaction(request=RecordedRequest(method="GET", url=METRICS_URL),
+                       response=RecordedResponse(status=status, headers={"content-type": "text/plain"},
+                                                 body=TextBody(text=text)))
+
+
+def train_rows(*steps: int) -> list[dict[str, Any]]:
+    return [{"step": step, "train/step": step, "train/loss": round(2.0 / step, 4), "train/lr": 0.0001}
+            for step in steps]
+
+
+FLAT = jsonl({"step": 1, "train/step": 1, "train/loss": 1.5, "train/lr": 0.0001, "train/total_tokens": 700},
+             {"step": 2, "train/step": 2, "train/loss": 1.2, "train/lr": 0.0001}, {"step": 2, "eval/loss": 0.9})
+NESTED = jsonl({"timestamp": 1795867500.5, "step": 1, "data": {"train/epoch": 0, "train/loss": 1.5}},
+               {"timestamp": 1795867520.0, "step": 2, "data": {"train/epoch": 0, "train/loss": 1.2}},
+               {"timestamp": 1795867530.0, "step": 2, "data": {"eval/loss": 0.9}})
+ARRAY = json.dumps([{"step": 1, "loss": 1.5}, {"step": 2, "loss": 1.2, "eval_loss": 0.9}])
+CSV = "step,train/loss,eval/loss\n1,1.5,\n2,1.2,0.9\n"
+
+
+@pytest.mark.parametrize("text", [FLAT, NESTED, ARRAY, CSV], ids=["flat", "nested", "array", "csv"])
+def test_the_metrics_file_is_read_in_every_shape_seen_or_plausible(text: str) -> None:
+    points = metric_points(text)
+    assert [(p.step, p.train_loss, p.valid_loss) for p in points.values()] == [(1, 1.5, None), (2, 1.2, 0.9)]
+
+
+def test_a_metrics_row_s_own_timestamp_and_epoch_are_kept() -> None:
+    first = metric_points(NESTED)[1]
+    assert first.epoch == 0 and first.time == dt.datetime(2026, 11, 28, 12, 5, 0, 500000, tzinfo=dt.timezone.utc)
+    iso = metric_points(jsonl({"step": 1, "loss": 1.0, "timestamp": "2026-11-28T12:05:00Z"},
+                              {"step": 2, "loss": 0.9, "timestamp": "yesterday"}))
+    assert iso[1].time == dt.datetime(2026, 11, 28, 12, 5, tzinfo=dt.timezone.utc) and iso[2].time is None
+
+
+def test_rows_without_a_step_or_a_finite_loss_and_lines_that_are_not_json_are_left_out() -> None:
+    rows = [{"step": 3, "train/loss": "0.75"}, {"step": 4, "train/loss": float("nan")}, {"train/loss": 0.5},
+            {"step": 5, "train/lr": 0.1}, {"step": -1, "loss": 2.0}, {"step": 6, "train/loss": True}, [1, 2]]
+    text = "not json at all\n" + "\n".join(json.dumps(row) for row in rows) + "\n\n"
+    assert {step: point.train_loss for step, point in metric_points(text).items()} == {3: 0.75}
+    assert metric_points("") == {} and metric_points("\x00\x01 binary") == {} and metric_points("[1, 2") == {}
+
+
+def test_each_final_step_of_the_metrics_file_is_an_event_and_the_last_waits_while_the_job_runs() -> None:
+    rows = train_rows(9, 18, 27)
+    transport = FIREWORKS.scripted([job_read(), metrics_file(jsonl(*rows)),
+                                    job_read("JOB_STATE_COMPLETED", 100, 1), metrics_file(jsonl(*rows))])
+    p = provider(transport)
+    running = p.events(JOB)
+    # step 27 may still gain its evaluation row: it waits for a later step or the end of the job
+    assert [e.id for e in running] == ["created", "metrics-9", "metrics-18",
+                                       "state-JOB_STATE_RUNNING-epoch0-40pct-step18"]
+    assert (running[1].step, running[1].train_loss, running[1].message) == (9, 0.2222, "Step 9: training loss=0.2222")
+    assert running[-1].step == 18 and running[-1].message == "State running (40% done, epoch 0, step 18)"
+    done = p.events(JOB)
+    assert [e.id for e in done if e.train_loss is not None] == ["metrics-9", "metrics-18", "metrics-27"]
+    assert done[-1].id == "state-JOB_STATE_COMPLETED-epoch1-100pct-step27"
+    transport.assert_all_played()
+
+
+def test_new_steps_under_an_unchanged_state_are_not_lost_to_the_events_cursor() -> None:
+    """The status event names the latest step, so new steps make a new last event: reading after the previous
+    last one can never skip what came before it."""
+    transport = FIREWORKS.scripted([job_read(), metrics_file(jsonl(*train_rows(9, 18, 27))),
+                                    job_read(), metrics_file(jsonl(*train_rows(9, 18, 27, 36, 45)))])
+    p = provider(transport)
+    first = p.events(JOB)
+    again = p.events(JOB, after=first[-1].id)  # the ledger's cursor: the last event it stored
+    seen = {e.id for e in first} | {e.id for e in again}
+    assert {f"metrics-{step}" for step in (9, 18, 27, 36)} <= seen and "metrics-45" not in seen
+    assert again[-1].id == "state-JOB_STATE_RUNNING-epoch0-40pct-step36"
+
+
+def test_the_metrics_file_is_fetched_on_the_provider_transport_without_the_api_key_and_only_for_events() -> None:
+    transport = FIREWORKS.scripted([job_read(), job_read(), metrics_file(jsonl(*train_rows(9, 18)))])
+    p = provider(transport)
+    p.refresh(JOB)  # a job read alone never fetches the file
+    p.events(JOB)
+    transport.assert_all_played()
+    job, _, fetched = transport.log
+    assert urlsplit(fetched.url).netloc == "storage.googleapis.com"
+    assert job.headers["authorization"] == "Bearer REDACTED" and "authorization" not in fetched.headers
+
+
+def test_a_metrics_file_that_cannot_be_fetched_is_a_warning_and_the_job_is_still_read() -> None:
+    denied = metrics_file('<?xml version="1.0"?><Error><Code>ExpiredToken</Code></Error>', 400)
+    transport = FIREWORKS.scripted([job_read(), denied])
+    with pytest.warns(MetricsWarning, match="HTTP 400") as caught:
+        found = provider(transport).events(JOB)
+    assert [e.id for e in found] == ["created", "state-JOB_STATE_RUNNING-epoch0-40pct"]
+    assert "X-Goog" not in str(caught[0].message)  # the signed part of the URL is never shown
+
+
+def test_a_metrics_file_lost_on_the_network_is_a_warning_and_the_job_is_still_read() -> None:
+    class Unreachable(ReplayTransport):
+        def _exchange(self, request: Any) -> Any:
+            if request.url.host == "storage.googleapis.com":
+                raise library_of(request).ConnectError("connection reset", request=request)
+            return super()._exchange(request)
+
+    transport = Unreachable(FIREWORKS.scripted([job_read()]).cassette)
+    with pytest.warns(MetricsWarning, match="ConnectError"):
+        found = provider(transport).events(JOB)
+    assert found[-1].id == "state-JOB_STATE_RUNNING-epoch0-40pct"
+
+
+def test_a_metrics_file_that_is_not_a_metrics_file_gives_no_points_and_no_error() -> None:
+    transport = FIREWORKS.scripted([job_read("JOB_STATE_COMPLETED", 100, 1), metrics_file("<html>maintenance</html>")])
+    found = provider(transport).events(JOB)
+    assert [e.id for e in found] == ["created", "state-JOB_STATE_COMPLETED-epoch1-100pct"]
+
+
+def test_a_metrics_request_the_cassette_does_not_hold_is_a_replay_mismatch_not_a_warning() -> None:
+    elsewhere = metrics_file(jsonl(*train_rows(9)))
+    elsewhere = elsewhere.model_copy(update={"request": elsewhere.request.model_copy(
+        update={"url": "https://storage.googleapis.com/other/metrics.jsonl"})})
+    with pytest.raises(ReplayMismatch, match="does not match the cassette"):
+        provider(FIREWORKS.scripted([job_read(), elsewhere])).events(JOB)
 
 
 # --------------------------------------------------------------------------- cost

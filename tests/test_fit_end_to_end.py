@@ -1,15 +1,18 @@
-"""The same ``fit()`` through OpenAI and Together, replayed from Tuner-level cassettes, into the ledger."""
+"""The same ``fit()`` through OpenAI, Together, Fireworks and Replicate, replayed from Tuner-level cassettes, into
+the ledger: only ``provider`` and the model change."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import sys
+from typing import Any
 
 import pytest
 
-from tests.fit_helpers import CREATE, MODELS, SAMPLE, before_the_sunset, make_tuner
+from tests.fit_helpers import CREATE, ENVIRONMENT, MODELS, SAMPLE, before_the_sunset, make_tuner
 from tuneproxy import Job, JobStatus, Ledger, TunedModel, Tuner, cli
+from tuneproxy.contract import Deployable
 from tuneproxy.errors import JobFailed, ProviderError
 from tuneproxy.recording import (
     Cassette,
@@ -25,25 +28,51 @@ from tuneproxy.tuner import ReattachedWarning
 QUESTION = [{"role": "user", "content": "Ticket: I was charged twice"}]
 
 
-# What each service's bill is: Together states it (total_price, nano-dollars); OpenAI reports the billed
-# tokens, which the core prices at gpt-4o-mini's training price, $3.00 per 1M (the reference's table, §4).
+# What each service's bill is: Together states it (total_price, nano-dollars), Fireworks too (the job's
+# estimatedCost, units + nanos: $0.0482085 in its cassette); OpenAI reports the billed tokens, which the core
+# prices at gpt-4o-mini's training price, $3.00 per 1M (the reference's table, §4).
 BILLS = {
     "openai": lambda job: job.trained_tokens * 3.00 / 1e6,
     "together": lambda job: job.billed_usd,
+    "fireworks": lambda job: job.billed_usd,
+    # Replicate bills seconds on the trainer's hardware: 8x A40 (Large) at $0.0058/s in the catalogue
+    "replicate": lambda job: job.billable[0].amount * 0.0058,
 }
+PROVIDERS = ["openai", "together", "fireworks", "replicate"]
 pytestmark = [pytest.mark.filterwarnings("ignore::tuneproxy.tuner.SunsetWarning"),
               pytest.mark.filterwarnings("ignore::tuneproxy.tuner.DatasetWarning")]
 
 
+@pytest.fixture(autouse=True)
+def provider_environment(monkeypatch):
+    """The Fireworks account and the Replicate destination the cassettes use, from the environment as a user
+    sets them (the Tuner call stays the same)."""
+    for variable, value in ENVIRONMENT.items():
+        monkeypatch.setenv(variable, value)
 
 
-@pytest.mark.parametrize("provider", ["openai", "together"])
-def test_same_fit_call_trains_on_either_provider_and_fills_the_ledger(provider):
+def ask(tuner: Tuner, tuned: TunedModel) -> Any:
+    """The tuned model's answer to QUESTION. Fireworks serves a tuned LoRA only on a paid deployment: there it
+    is deployed, read until ready, asked on ``model#deployment`` and deleted again (all in its cassette)."""
+    if tuner.provider_name != "fireworks":
+        return tuned.endpoint.complete(QUESTION)
+    deployment = tuned.deploy(hardware="NVIDIA_H100_80GB")
+    assert isinstance(tuner.provider, Deployable)
+    ready = tuner.provider.deployment(deployment.deployment_id)
+    assert ready.state == "ready" and ready.serving_model == f"{tuned.model}#{deployment.deployment_id}"
+    reply = tuned.deployed_endpoint(ready).complete(QUESTION)
+    assert tuner.provider.undeploy(ready.deployment_id).state == "stopped"  # nothing left billing by the hour
+    return reply
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_same_fit_call_trains_on_every_provider_and_fills_the_ledger(provider):
     transport = ReplayTransport(cassette_path(provider, "fit_happy_path"))
-    tuned = make_tuner(provider, transport).fit(SAMPLE, holdout=0.1)
+    tuner = make_tuner(provider, transport)
+    tuned = tuner.fit(SAMPLE, holdout=0.1)
     assert isinstance(tuned, TunedModel)
     assert tuned.model and tuned.base_model == MODELS[provider]
-    reply = tuned.endpoint.complete(QUESTION)
+    reply = ask(tuner, tuned)
     assert '"category"' in reply.text and reply.usage.completion_tokens > 0
     transport.assert_all_played()
     assert len(transport.requests("POST", CREATE[provider])) == 1
@@ -77,7 +106,7 @@ def test_together_metrics_reach_the_tuned_model():
     assert tuned.record.trained_tokens == 98043
 
 
-@pytest.mark.parametrize("provider", ["openai", "together"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_failed_job_gives_the_services_message_verbatim(provider):
     transport = ReplayTransport(cassette_path(provider, "fit_failed"))
     with pytest.raises(JobFailed) as err:
@@ -88,7 +117,7 @@ def test_failed_job_gives_the_services_message_verbatim(provider):
     transport.assert_all_played()
 
 
-@pytest.mark.parametrize("provider", ["openai", "together"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_lost_create_answer_is_reconciled_without_a_second_paid_job(provider):
     replay = ReplayTransport(cassette_path(provider, "fit_lost_create"))
     transport = LostResponseTransport(replay, method="POST", path=CREATE[provider])

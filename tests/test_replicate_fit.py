@@ -1,6 +1,7 @@
-"""``fit`` on Replicate end to end, replayed from Tuner-level cassettes through the real replicate SDK: the
-ledger, the bill, the losses, the serving note, and each bad input a clear message with its exit code and the
-ledger consistent."""
+"""What only ``fit`` on Replicate shows, replayed from Tuner-level cassettes through the real replicate SDK: the
+trainer's losses, the validation input, the serving note, and each bad input a clear message with its exit code
+and the ledger consistent. The same fit as on every service (bill, failure, lost create) is
+tests/test_fit_end_to_end.py's."""
 
 from __future__ import annotations
 
@@ -15,12 +16,10 @@ import pytest
 
 from tests.contract.cases import REPLICATE
 from tests.fit_helpers import CREATE, MODELS, SAMPLE, make_tuner
-from tuneproxy import JobStatus, Ledger, TunedModel, cli
-from tuneproxy.errors import JobFailed
+from tuneproxy import Ledger, cli
 from tuneproxy.recording import (
     Cassette,
     JsonBody,
-    LostResponseTransport,
     RecordedResponse,
     ReplayTransport,
     cassette_path,
@@ -55,23 +54,6 @@ FIT_ARGS = ("fit", str(SAMPLE), "-p", "replicate", "-m", MODELS["replicate"], "-
 # --------------------------------------------------------------------------- the happy path
 
 
-def test_fit_trains_on_replicate_bills_its_seconds_and_answers() -> None:
-    transport = ReplayTransport(cassette_path("replicate", "fit_happy_path"))
-    tuned = make_tuner("replicate", transport).fit(SAMPLE, holdout=0.1)
-    assert isinstance(tuned, TunedModel) and tuned.base_model == MODELS["replicate"]
-    assert tuned.model.startswith(f"{DESTINATION}:")
-    reply = tuned.endpoint.complete(QUESTION)
-    assert '"category"' in reply.text and reply.usage.completion_tokens == 12
-    transport.assert_all_played()
-    last_read = fit_cassette().interactions[-2].response.body
-    assert isinstance(last_read, JsonBody)
-    seconds = last_read.json_["metrics"]["predict_time"]
-    assert tuned.costs[0].kind == "estimate" and tuned.costs[-1].kind == "billed"
-    assert tuned.costs[-1].usd == pytest.approx(seconds * 0.0058)  # 8x A40 (Large), the catalogue's $/s
-    job = Ledger().job(tuned.job_id)
-    assert job.status is JobStatus.SUCCEEDED and job.billable[0].kind == "hardware_seconds"
-
-
 def test_the_trainers_losses_reach_the_tuned_model() -> None:
     tuned = make_tuner("replicate", ReplayTransport(cassette_path("replicate", "fit_happy_path"))).fit(
         SAMPLE, holdout=0.1)
@@ -104,28 +86,6 @@ def test_the_validation_file_goes_to_the_trainers_validation_input() -> None:
 
 
 # --------------------------------------------------------------------------- failure and a lost create
-
-
-def test_a_failed_training_gives_replicates_message_verbatim() -> None:
-    transport = ReplayTransport(cassette_path("replicate", "fit_failed"))
-    with pytest.raises(JobFailed) as caught:
-        make_tuner("replicate", transport).fit(SAMPLE, holdout=0.1)
-    record = Ledger().jobs()[0]
-    assert record.status is JobStatus.FAILED and record.error and record.error in str(caught.value)
-    assert record.error.startswith("Training failed: validation_data line 12")
-    transport.assert_all_played()
-
-
-def test_a_lost_create_is_found_by_the_tag_in_the_data_url_and_not_paid_twice() -> None:
-    replay = ReplayTransport(cassette_path("replicate", "fit_lost_create"))
-    tuned = make_tuner("replicate", LostResponseTransport(replay, method="POST", path=CREATE["replicate"])).fit(
-        SAMPLE, holdout=0.1)
-    assert tuned.record.status is JobStatus.SUCCEEDED
-    assert len(replay.requests("POST", CREATE["replicate"])) == 1 and len(Ledger().jobs()) == 1
-    replay.assert_all_played()
-
-
-# --------------------------------------------------------------------------- bad input: message, exit code, ledger
 
 
 def scripted_until_create(tmp_path: Path, answer: RecordedResponse) -> Path:

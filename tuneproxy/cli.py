@@ -122,6 +122,7 @@ def providers_command(as_json: JsonOpt = False) -> None:
             "options": cls.Options.describe(),
             "formats": sorted(caps.rules.formats), "min_examples": caps.rules.min_examples,
             "max_examples": caps.rules.max_examples, "sunset": caps.sunset,
+            "serving_note": caps.serving_note or None,
         })
     if as_json:
         _print_json(rows)
@@ -266,6 +267,7 @@ def fit(
         payload = record.model_dump(mode="json")
         if not isinstance(result, Job):
             payload["costs"] = [c.model_dump(mode="json") for c in result.costs]
+            payload["serving_note"] = result.serving_note or None
         _print_json(payload)
         return
     if isinstance(result, Job):
@@ -275,6 +277,8 @@ def fit(
     billed = next((c.usd for c in reversed(result.costs) if c.kind == "billed"), None)
     shown = f"${billed:.4f}" if billed is not None else "not known"
     console.print(f"[bold green]Done:[/] {result.model} (job {record.job_id}, billed {shown})", highlight=False)
+    if result.serving_note:
+        console.print(f"[yellow]Note:[/] {result.serving_note}", highlight=False, soft_wrap=True)
 
 
 @contextmanager
@@ -408,17 +412,45 @@ def jobs_resume(job_id: str, as_json: JsonOpt = False) -> None:
 @deployments_app.command("create")
 def deployments_create(job_id: str, hardware: Annotated[str | None, typer.Option(
         help="Hardware to serve on (the service's name for it; default: its own choice).")] = None,
-        as_json: JsonOpt = False) -> None:
+        wait: Annotated[bool, typer.Option("--wait", help="Follow the deployment until it is ready (exit 3 if it "
+                                                          "fails instead).")] = False,
+        poll_interval: PollOpt = None, as_json: JsonOpt = False) -> None:
     """Start a PAID dedicated deployment of a succeeded job's tuned model (billed by the hour until
-    `tuneproxy deployments delete`)."""
+    `tuneproxy deployments delete`). With --wait, follow it until it is ready: each state is saved in the
+    ledger, shown as a live status on a terminal or a plain line per change otherwise (on stderr)."""
+    from contextlib import nullcontext
+
     tuned = _attach(job_id).result()
     deployment = tuned.deploy(hardware=hardware)
+    name = deployment.deployment_id
+    if wait:
+        live = err_console.is_interactive
+        status = err_console.status(f"Deployment {name}: {deployment.state}")
+        shown: list[str] = []
+
+        def show(current: Any) -> None:
+            line = f"Deployment {name}: {current.state} ({current.raw_state})"
+            if live:
+                status.update(line)
+            elif line not in shown[-1:]:
+                err_console.file.write(line + "\n")
+                err_console.file.flush()
+            shown.append(line)
+
+        try:
+            with status if live else nullcontext():
+                deployment = tuned.wait_until_ready(deployment, poll_interval=poll_interval, on_change=show)
+        except KeyboardInterrupt:
+            err_console.print(f"Interrupted. Deployment {name} goes on starting and bills once it runs: check it "
+                              f"with `tuneproxy deployments show {name}`, delete it with `tuneproxy deployments "
+                              f"delete {name}`.", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     if as_json:
         _print_json(deployment.model_dump(mode="json"))
         return
     price = f"${deployment.usd_per_hour:.2f}/hour" if deployment.usd_per_hour is not None else "price unknown"
-    console.print(f"Deployment [bold]{deployment.deployment_id}[/] of {deployment.model} is {deployment.state} "
-                  f"({price}). Stop it with `tuneproxy deployments delete {deployment.deployment_id}`.",
+    console.print(f"Deployment [bold]{name}[/] of {deployment.model} is {deployment.state} "
+                  f"({price}). Stop it with `tuneproxy deployments delete {name}`.",
                   highlight=False)
 
 

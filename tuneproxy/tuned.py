@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tuneproxy.contract import Deployable, Deployment, Endpoint, GenerationParams, JobEvent, JobRecord, Provider
-from tuneproxy.errors import ConfigError
+from tuneproxy.errors import ConfigError, ProviderError
 from tuneproxy.ledger import CostRow, Ledger
 
 if TYPE_CHECKING:
@@ -89,6 +89,31 @@ class TunedModel:
                               "deployment: use `.endpoint`.")
         deployment = self._provider.deploy(self.tuned_model, hardware=hardware)
         self._ledger.save_deployment(deployment)
+        return deployment
+
+    def wait_until_ready(self, deployment: Deployment, *, poll_interval: float | None = None,
+                         on_change: Callable[[Deployment], None] | None = None) -> Deployment:
+        """Read ``deployment`` until it is ready, saving each state in the ledger and passing it to
+        ``on_change``; every ``poll_interval`` seconds (default: the backend's own pace), through the provider's
+        sleep. One that fails, or is deleted meanwhile, is a :class:`ProviderError` that says to delete it."""
+        assert isinstance(self._provider, Deployable)
+        interval = self._provider.capabilities.poll_seconds if poll_interval is None else poll_interval
+        while True:
+            if on_change is not None:
+                on_change(deployment)
+            if deployment.state in ("ready", "failed", "stopping", "stopped"):
+                break
+            if interval > 0:
+                self._provider.sleep(interval)
+            deployment = self._provider.deployment(deployment.deployment_id)
+            self._ledger.save_deployment(deployment)
+        if deployment.state != "ready":
+            name = deployment.deployment_id
+            raise ProviderError(
+                f"Deployment {name} of {deployment.model} is {deployment.state} ({deployment.raw_state}) instead of "
+                f"ready: it serves nothing. Delete it so that nothing is left to bill: `tuneproxy deployments delete "
+                f"{name}`; then try `tuneproxy deployments create {self.job_id}` again later or on other --hardware.",
+                provider=deployment.provider, raw=deployment.raw_state)
         return deployment
 
     @property

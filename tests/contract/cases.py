@@ -105,6 +105,17 @@ class ProviderCase:
     """Other cassettes its directory holds, replayed by other tests (Tuner-level ``fit_*`` runs)."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Non-default options every provider in the suite is built with; none of them changes a request."""
+    answer: Callable[[Mapping[str, Any]], tuple[str, str | None, int]] = field(default=lambda body: chat_answer(body))
+    """(text, finish reason or None where the service states none, completion tokens) of a recorded answer to
+    a generation request: how the tuned model's reply is checked against what the service sent."""
+    serving: Callable[[str], str] = field(default=lambda tuned: tuned)
+    """The name a tuned model is asked by (where the service serves it only on a deployment: ``model#deployment``,
+    the deployment its deploy cassette starts)."""
+    error_body: Callable[[str, int], dict[str, Any]] = field(default=lambda message, status: {
+        "error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error"}})
+    """The body the service sends with an error status, carrying ``message`` (for scripted refusals)."""
+    strict_validation: bool = True
+    """The strict client validates every response (Stainless SDKs); False where the SDK has no strict mode."""
 
     def __str__(self) -> str:
         return self.name
@@ -145,6 +156,12 @@ class ProviderCase:
                 return route
         raise AssertionError(f"No route of the {self.name} case for {request.method} {request.url}: add it "
                              "to its routes in tests/contract/cases.py")
+
+
+def chat_answer(body: Mapping[str, Any]) -> tuple[str, str | None, int]:
+    """A chat completion's reply, finish reason and completion tokens."""
+    choice = body["choices"][0]
+    return choice["message"]["content"], choice["finish_reason"], body["usage"]["completion_tokens"]
 
 
 def paths(transport: ReplayTransport) -> list[tuple[str, str]]:
@@ -232,7 +249,7 @@ def run_happy_path(case: ProviderCase, tmp_path: Path) -> HappyRun:
     else:
         raise AssertionError(f"{case.name}/happy_path never reaches a terminal state")
     done = run.records[-1]
-    run.completion = call("complete", lambda: p.endpoint(done.tuned_model or "").complete(PROMPT))
+    run.completion = call("complete", lambda: p.endpoint(case.serving(done.tuned_model or "")).complete(PROMPT))
     transport.assert_all_played()
     return run
 
@@ -384,7 +401,18 @@ def _fireworks_routes() -> list[Route]:
         Route("POST", r"/v1/accounts/[^/]+/deployments", lambda c: c.deployments.create(base_model="m"), host),
         Route("GET", r"/v1/accounts/[^/]+/deployments/[^/]+", lambda c: c.deployments.get("d"), host),
         Route("DELETE", r"/v1/accounts/[^/]+/deployments/[^/]+", lambda c: c.deployments.delete("d"), host),
+        # A job's metricsFileSignedUrl: no SDK method reads it. The provider fetches it with a plain client on
+        # the same transport; its parser must find at least one loss point in the recorded file.
+        Route("GET", r"/[^/]+/.+/metrics\.jsonl", _fireworks_metrics_file, r"storage\.googleapis\.com"),
     ]
+
+
+def _fireworks_metrics_file(client: Any) -> Any:
+    from tuneproxy.providers.fireworks import metric_points
+
+    response = client._client.get("https://storage.googleapis.com/bucket/acme/sftj/j/metrics.jsonl")
+    assert response.status_code == 200
+    return metric_points(response.text) or None
 
 
 FIREWORKS = ProviderCase(
@@ -402,14 +430,79 @@ FIREWORKS = ProviderCase(
     failure_message=("Dataset validation failed: line 4: the 'assistant' message at index 2 has an unrecognized key "
                      "'speaker'. Each message may carry role, content, weight, tool_calls, tool_call_id, name and "
                      "reasoning_content."),
+    serving=lambda tuned: f"{tuned}#accounts/acme/deployments/{tuned.rsplit('/', 1)[-1]}",
     strict_client=_fireworks_client,
     routes=_fireworks_routes,
-    extra_scenarios=frozenset({"deploy_happy_path"}),
+    extra_scenarios=frozenset({"fit_happy_path", "fit_failed", "fit_lost_create", "deploy_happy_path",
+                               "deploy_failed"}),
     options={"timeout": 30.0, "account_id": "acme"},
 )
 
 
-CASES: tuple[ProviderCase, ...] = (OPENAI, TOGETHER, FIREWORKS)
+# --------------------------------------------------------------------------- Replicate
+
+
+def _replicate_client(transport: Any) -> Any:
+    import replicate
+
+    # the SDK's own client (its RetryTransport only ever sees the one answer); it has no strict mode: its
+    # pydantic models still require their fields and check the status values
+    return replicate.Client(api_token="r8-test", transport=transport)
+
+
+def _replicate_routes() -> list[Route]:
+    import io
+
+    host = r"api\.replicate\.com"
+    return [
+        Route("POST", r"/v1/files", lambda c: c.files.create(io.BytesIO(b"{}\n"), filename="t.jsonl"), host),
+        Route("GET", r"/v1/models/[^/]+/[^/]+", lambda c: c.models.get("o/n"), host),
+        Route("POST", r"/v1/models", lambda c: c.models.create("o", "n", visibility="private", hardware="cpu"), host),
+        Route("POST", r"/v1/models/[^/]+/[^/]+/versions/[^/]+/trainings",
+              lambda c: c.trainings.create(model="o/n", version="v", input={}, destination="o/d"), host),
+        Route("GET", r"/v1/trainings", lambda c: c.trainings.list(), host),
+        Route("GET", r"/v1/trainings/[^/]+", lambda c: c.trainings.get("t"), host),
+        Route("POST", r"/v1/trainings/[^/]+/cancel", lambda c: c.trainings.cancel("t"), host),
+        Route("POST", r"/v1/predictions", lambda c: c.predictions.create(version="v", input={}), host),
+        Route("GET", r"/v1/predictions/[^/]+", lambda c: c.predictions.get("p"), host),
+        Route("POST", r"/v1/models/[^/]+/[^/]+/predictions",
+              lambda c: c.models.predictions.create(model="o/n", input={}), host),
+    ]
+
+
+def _replicate_answer(body: Mapping[str, Any]) -> tuple[str, str | None, int]:
+    """A prediction's joined output chunks and its output token count; Replicate states no finish reason."""
+    return "".join(body["output"]), None, body["metrics"]["output_token_count"]
+
+
+REPLICATE_VERSION = "4b0970478e6123a0437561282904683f32a9ed0307205dc5db2b5609d6a2ceff"
+REPLICATE = ProviderCase(
+    name="replicate",
+    model=f"meta/llama-2-7b:{REPLICATE_VERSION}",
+    spec=lambda: JobSpec(
+        model=f"meta/llama-2-7b:{REPLICATE_VERSION}",
+        training_file="https://api.replicate.com/v1/files/ZjY2YTc5NDAtM2U3Zi00ZDE0LWI0YjUtNmQ2ODg2NzZkNGY0",
+        intent_id=INTENT, format="chat",
+        hyperparameters=Hyperparameters(epochs=3, learning_rate=0.0002, batch_size=4, lora_rank=16, lora_alpha=32,
+                                        lora_dropout=0.05, seed=42),
+    ),
+    job_id="r7k2m4qzxhrm80ckv1tb3n9a5c",
+    key="fake-replicate-key-0123456789",
+    create=("POST", f"/v1/models/meta/llama-2-7b/versions/{REPLICATE_VERSION}/trainings"),
+    failure_message=("Training failed: train_data line 4 is not valid: each line must be a JSON object with a "
+                     "'text' field or 'prompt' and 'completion' fields."),
+    strict_client=_replicate_client,
+    routes=_replicate_routes,
+    extra_scenarios=frozenset({"fit_happy_path", "fit_failed", "fit_lost_create"}),
+    options={"timeout": 30.0, "destination": "acme/support-bot"},
+    answer=_replicate_answer,
+    error_body=lambda message, status: {"title": "Invalid input" if status < 500 else "Server error",
+                                        "detail": message, "status": status},
+    strict_validation=False,
+)
+
+
+CASES: tuple[ProviderCase, ...] = (OPENAI, TOGETHER, FIREWORKS, REPLICATE)
 BY_NAME: dict[str, ProviderCase] = {case.name: case for case in CASES}
 
 

@@ -216,6 +216,8 @@ def test_the_tuned_model_answers_a_chat_completion_with_its_finish_reason(case: 
 
 def test_complete_many_returns_one_outcome_per_conversation(case: Case, happy: HappyRun) -> None:
     tuned = happy.records[-1].tuned_model or ""
+    if isinstance(case, ProviderCase):
+        tuned = case.serving(tuned)
     if isinstance(case, LocalCase):  # no service to refuse one: each conversation is answered, in order
         second_prompt = ticket_records(1, seed=9)[0]["messages"][:2]
         with attached(case, happy) as p:

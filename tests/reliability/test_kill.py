@@ -33,7 +33,7 @@ TRIALS = 12  # per provider
 
 def _trials() -> list:
     trials = []
-    for provider in MODELS:
+    for provider in REQUESTS:  # the services tests/reliability/fake_service.py speaks
         rng = random.Random(f"kill-{provider}")  # seeded: a failing trial is the same trial on a rerun
         for number in range(TRIALS):
             at, before, delay = rng.randrange(REQUESTS[provider]), rng.random() < 0.5, rng.uniform(0, 0.05)
@@ -108,7 +108,7 @@ def test_a_fit_killed_at_any_request_is_rerun_into_the_one_job_it_paid_for(provi
         assert not any(lost.values()), f"rows lost: {lost}"
 
 
-@pytest.mark.parametrize("provider", list(MODELS))
+@pytest.mark.parametrize("provider", list(REQUESTS))
 def test_two_processes_starting_the_same_fit_at_once_share_one_job(provider, home, tmp_path):
     go = tmp_path / "go"
     with SERVICES[provider]() as service:

@@ -69,7 +69,7 @@ def sunset_not_passed(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::tuneproxy.tuner.DatasetWarning")
 @pytest.mark.filterwarnings("ignore::tuneproxy.tuner.SunsetWarning")
-@pytest.mark.parametrize("provider", list(MODELS))
+@pytest.mark.parametrize("provider", list(KEY_VARIABLE))  # the services the fake speaks
 def test_the_key_is_in_no_output_file_or_exception_through_every_command_and_failure(
         provider, capsys, monkeypatch, isolated_home):
     monkeypatch.setenv(KEY_VARIABLE[provider], KEY)
