@@ -11,13 +11,37 @@ from tuneproxy.contract import Completion, Endpoint, GenerationParams, Message, 
 from tuneproxy.errors import ProviderError, UnreadableAnswer
 
 
+class LoopClients:
+    """One async client per event loop, built by ``factory`` on first use in that loop: an async HTTP client's
+    connections belong to the loop that opened them (each blocking ``complete`` runs its own loop and closes
+    its client at the end)."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+    def get(self) -> Any:
+        """The running loop's client."""
+        loop = asyncio.get_running_loop()
+        # a client whose loop has closed holds no live connection any more: forget it
+        self._clients = {lp: c for lp, c in self._clients.items() if not lp.is_closed()}
+        if loop not in self._clients:
+            self._clients[loop] = self._factory()
+        return self._clients[loop]
+
+    async def aclose(self) -> None:
+        """Close the running loop's client, if it has one."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
+
+
 class ChatEndpoint(Endpoint):
     """Chat completions on ``model`` through an async SDK client.
 
-    ``client_factory`` builds the async client. One is kept per event loop, because an async HTTP
-    client's connections belong to the loop that opened them (each blocking ``complete`` runs its own
-    loop and closes its client at the end). ``to_error`` maps the SDK's errors; ``price`` turns usage into
-    dollars (the core's catalogue), or None when the price is not known.
+    ``client_factory`` builds the async client, one per event loop (:class:`LoopClients`). ``to_error`` maps
+    the SDK's errors; ``price`` turns usage into dollars (the core's catalogue), or None when the price is not
+    known.
     """
 
     def __init__(self, model: str, client_factory: Callable[[], Any], *,
@@ -25,22 +49,13 @@ class ChatEndpoint(Endpoint):
                  price: Callable[[Usage], float | None] | None = None, provider: str = "") -> None:
         self.model = model
         self.provider = provider
-        self._factory = client_factory
+        self._clients = LoopClients(client_factory)
         self._to_error = to_error
         self._sdk_errors = sdk_errors
         self._price = price
-        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
 
     def __repr__(self) -> str:
         return f"<ChatEndpoint {self.model}>"
-
-    def _client_for_loop(self) -> Any:
-        loop = asyncio.get_running_loop()
-        # a client whose loop has closed holds no live connection any more: forget it
-        self._clients = {lp: c for lp, c in self._clients.items() if not lp.is_closed()}
-        if loop not in self._clients:
-            self._clients[loop] = self._factory()
-        return self._clients[loop]
 
     @staticmethod
     def request_arguments(params: GenerationParams) -> dict[str, Any]:
@@ -54,7 +69,7 @@ class ChatEndpoint(Endpoint):
         return kwargs
 
     async def _generate(self, messages: Sequence[Message], params: GenerationParams) -> Completion:
-        client = self._client_for_loop()
+        client = self._clients.get()
         start = time.perf_counter()
         response = await self._request(client, messages, params)
         latency = timed(start)
@@ -90,6 +105,4 @@ class ChatEndpoint(Endpoint):
 
     async def aclose(self) -> None:
         """Close the async client of the running loop (its connections belong to that loop)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
+        await self._clients.aclose()

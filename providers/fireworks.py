@@ -27,9 +27,9 @@ Facts this module relies on (see reference/providers-fireworks-replicate.md §1)
   flat (``{"step": 1, "train/step": 1, "train/loss": 1.379, "train/lr": 0.0001, "train/total_tokens": …}``)
   or nested (``{"timestamp": <unix s>, "step": 1, "data": {"train/epoch": 0, "train/loss": 0.93, …}}``).
   No sample shows an evaluation row; ``eval/loss`` (and a few spellings like it) is assumed. So it is read
-  defensively (:func:`metric_points`: JSON lines, a JSON array, or CSV with a step column and loss-like
-  columns), fetched on the provider's own transport without the API key, and a file that cannot be fetched or
-  read is a :class:`MetricsWarning`, never a failed read of the job.
+  defensively (``providers/_metrics_file.py``: JSON lines, a JSON array, or CSV with a step column and
+  loss-like columns), fetched on the provider's own transport without the API key, and a file that cannot be
+  fetched or read is a :class:`MetricsWarning`, never a failed read of the job.
 - A tuned LoRA is served only on a dedicated deployment (:class:`tuneproxy.contract.Deployable`, the last
   section of the class): ``deployments.create`` with the LoRA as base model, read until ``READY``, deleted on
   request; its hourly price from the catalogue's GPU-hour rows. Inference names ``model#deployment``.
@@ -38,15 +38,10 @@ Facts this module relies on (see reference/providers-fireworks-replicate.md §1)
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import hashlib
-import io
-import json
-import math
 import os
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -75,6 +70,7 @@ from tuneproxy.errors import ConfigError, DatasetError, NotFound, ProviderError,
 from tuneproxy.recording import CassetteMismatch
 
 from ._http import intent_tag, to_datetime
+from ._metrics_file import MetricPoint, metric_points
 from ._sdk import SDKOptions, SDKProvider
 
 MESSAGE_KEYS = frozenset({"role", "content", "weight", "tool_calls", "tool_call_id", "name", "reasoning_content"})
@@ -84,14 +80,6 @@ DEFAULT_EPOCHS = 1
 ID_MAX = 63
 NANO = 1_000_000_000
 _MODEL_NAME = re.compile(r"accounts/[^/]+/models/[^/#]+")
-# Columns of the metrics file, first found wins (see the module docstring: the file is not documented).
-STEP_KEYS = ("step", "train/step", "global_step", "train/global_step", "eval/step")
-TRAIN_LOSS_KEYS = ("train/loss", "loss", "train_loss", "training_loss")
-VALID_LOSS_KEYS = ("eval/loss", "eval_loss", "evaluation/loss", "validation/loss", "valid/loss", "val/loss",
-                   "validation_loss", "val_loss")
-EPOCH_KEYS = ("train/epoch", "epoch", "eval/epoch")
-
-
 class MetricsWarning(UserWarning):
     """A Fireworks job's metrics file could not be fetched or read: the job is read without its loss curve."""
 
@@ -118,6 +106,9 @@ CAPABILITIES = Capabilities(
         system_only_first=True,
         default_context_tokens=32768,
     ),
+    serving_note=("Fireworks serves a tuned LoRA only on a dedicated deployment, which bills by the GPU-hour for as "
+                  "long as it is up: `tuneproxy deployments create JOB_ID --wait` starts one, `tuneproxy deployments "
+                  "list` shows what is up, `tuneproxy deployments delete ID` stops it."),
 )
 
 
@@ -553,108 +544,6 @@ class FireworksProvider(SDKProvider):
         found.append(JobEvent(id="-".join(key), time=updated, level="error" if failed else "info", message=message,
                               step=last, epoch=epoch))
         return found
-
-
-@dataclass
-class MetricPoint:
-    """One logged step of a Fireworks metrics file: its losses (training and, where logged, evaluation)."""
-
-    step: int
-    epoch: float | None = None
-    train_loss: float | None = None
-    valid_loss: float | None = None
-    time: dt.datetime | None = None  # the row's own timestamp, when it has one
-
-    def event(self, fallback: dt.datetime) -> JobEvent:
-        losses = ", ".join(f"{name} loss={value:.4f}" for name, value in
-                           (("training", self.train_loss), ("validation", self.valid_loss)) if value is not None)
-        return JobEvent(id=f"metrics-{self.step}", time=self.time or fallback, message=f"Step {self.step}: {losses}",
-                        step=self.step, epoch=self.epoch, train_loss=self.train_loss, valid_loss=self.valid_loss)
-
-
-def metric_points(text: str) -> dict[int, MetricPoint]:
-    """The loss points of a Fireworks metrics file by step, rows of one step merged (a later value of a
-    field wins). Read defensively, as the format is not documented: JSON lines (a line that is not JSON is
-    skipped), a JSON array, or CSV with a header; each row flat or with its metrics under ``data``; the step
-    from :data:`STEP_KEYS`, losses from :data:`TRAIN_LOSS_KEYS` / :data:`VALID_LOSS_KEYS`, the epoch from
-    :data:`EPOCH_KEYS`, the time from ``timestamp`` (unix seconds or ISO). Rows without a step or a loss
-    are left out."""
-    points: dict[int, MetricPoint] = {}
-    for row in _metric_rows(text):
-        data = row.get("data")
-        values = {**row, **data} if isinstance(data, dict) else row
-        step = _first_number(values, STEP_KEYS)
-        train, valid = _first_number(values, TRAIN_LOSS_KEYS), _first_number(values, VALID_LOSS_KEYS)
-        if step is None or step < 0 or (train is None and valid is None):
-            continue
-        point = points.setdefault(int(step), MetricPoint(int(step)))
-        epoch = _first_number(values, EPOCH_KEYS)
-        point.epoch = point.epoch if epoch is None else epoch
-        point.train_loss = point.train_loss if train is None else train
-        point.valid_loss = point.valid_loss if valid is None else valid
-        point.time = point.time or _row_time(row.get("timestamp"))
-    return points
-
-
-def _metric_rows(text: str) -> list[dict[str, Any]]:
-    text = text.lstrip("\ufeff").strip()
-    if not text:
-        return []
-    if text.startswith("["):
-        try:
-            whole = json.loads(text)
-        except json.JSONDecodeError:
-            whole = None
-        if isinstance(whole, list):
-            return [row for row in whole if isinstance(row, dict)]
-    rows: list[dict[str, Any]] = []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    if rows:
-        return rows
-    header = text.splitlines()[0].lower()
-    if "," in header and any(key in header for key in STEP_KEYS):
-        return [dict(row) for row in csv.DictReader(io.StringIO(text))]
-    return []
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str) and value.strip():
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _first_number(values: dict[str, Any], keys: tuple[str, ...]) -> float | None:
-    for key in keys:
-        number = _number(values.get(key))
-        if number is not None:
-            return number
-    return None
-
-
-def _row_time(value: Any) -> dt.datetime | None:
-    """A row's ``timestamp`` as a datetime (unix seconds or an ISO string), or None."""
-    seconds = _number(value)
-    try:
-        if seconds is not None:
-            return to_datetime(seconds)
-        return to_datetime(value) if isinstance(value, str) and value.strip() else None
-    except (ValueError, OverflowError, OSError):
-        return None
 
 
 def job_id_of(name: str) -> str:

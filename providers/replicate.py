@@ -74,6 +74,7 @@ from tuneproxy.dataset.convert import prompt_completion_record, render_prompt, t
 from tuneproxy.dataset.examples import Example
 from tuneproxy.errors import ConfigError, NotFound, ProviderError, RateLimited
 
+from ._chat import LoopClients
 from ._http import intent_tag, to_datetime
 from ._sdk import SDKOptions, SDKProvider
 
@@ -532,18 +533,11 @@ class PredictionEndpoint(Endpoint):
         self.model = model
         self.provider = provider.name
         self._provider = provider
-        self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._clients = LoopClients(lambda: provider.make_client(asynchronous=True))
         self.sleep = lambda seconds: asyncio.to_thread(provider.sleep, seconds)  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"<PredictionEndpoint {self.model}>"
-
-    def _client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        self._clients = {lp: c for lp, c in self._clients.items() if not lp.is_closed()}
-        if loop not in self._clients:
-            self._clients[loop] = self._provider.make_client(asynchronous=True)
-        return self._clients[loop]
 
     def request_input(self, messages: Sequence[Message], params: GenerationParams) -> dict[str, Any]:
         """The model's input: the rendered prompt and the generation settings under the model's names."""
@@ -557,7 +551,7 @@ class PredictionEndpoint(Endpoint):
         return inputs
 
     async def _generate(self, messages: Sequence[Message], params: GenerationParams) -> Completion:
-        client = self._client()
+        client = self._clients.get()
         options = self._provider.replicate_options
         start = time.perf_counter()
         found = _MODEL_REF.fullmatch(self.model)
@@ -631,6 +625,5 @@ class PredictionEndpoint(Endpoint):
             Quantity(kind="hardware_seconds", amount=seconds, hardware=hardware)]).usd
 
     async def aclose(self) -> None:
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
+        """Close the running loop's client."""
+        await self._clients.aclose()

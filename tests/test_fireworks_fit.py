@@ -124,6 +124,18 @@ def test_cli_fit_with_a_dataset_stuck_uploading_exits_3_saying_what_to_do_and_th
     assert ledger.jobs() == []  # nothing was submitted, so nothing can be lost either
 
 
+def test_cli_fit_says_the_tuned_lora_needs_a_deployment_that_bills_while_up(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNEPROXY_CASSETTE", str(cassette_path("fireworks", "fit_happy_path")))
+    code, out, err = run_cli(
+        capsys, monkeypatch, "fit", str(SAMPLE), "-p", "fireworks", "-m", MODELS["fireworks"], "--epochs", "3",
+        "--batch-size", "8", "--suffix", "support-bot", "--holdout", "0.1", "--poll-interval", "0")
+    assert code == 0, err
+    text = " ".join(out.split())  # rich wraps long lines
+    assert "Done:" in text and "Note: Fireworks serves a tuned LoRA only on a dedicated deployment" in text
+    assert "`tuneproxy deployments delete ID`" in text
+
+
 # --------------------------------------------------------------------------- deployments create --wait
 
 
