@@ -14,7 +14,8 @@ FIXTURES = ROOT / "fixtures"
 
 # Besides the keys: variables that would send a test to another host, or make it record or replay
 # something other than what it asked for.
-REDIRECTING_VARIABLES = ("OPENAI_BASE_URL", "TOGETHER_BASE_URL", "REPLICATE_BASE_URL", "REPLICATE_DESTINATION",
+REDIRECTING_VARIABLES = ("OPENAI_BASE_URL", "TOGETHER_BASE_URL", "FIREWORKS_BASE_URL", "REPLICATE_BASE_URL",
+                         "REPLICATE_DESTINATION",
                          "FIREWORKS_ACCOUNT_ID", "TUNEPROXY_RECORD", "TUNEPROXY_CASSETTE", "TUNEPROXY_CASSETTES")
 
 
