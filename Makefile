@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_local_train.py
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_local_generate.py
+	$(BIN)/python benchmarks/bench_estimate_all.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .tuneproxy-demo

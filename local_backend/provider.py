@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from tuneproxy.contract import (
+    DEFAULT_EPOCHS,
     Capabilities,
     Clock,
     CostEstimate,
@@ -53,6 +54,7 @@ from tuneproxy.contract import (
     Provider,
     ProviderOptions,
     Quantity,
+    ServingCost,
     Stats,
     UploadedFile,
     utc_now,
@@ -72,7 +74,7 @@ from tuneproxy.local_backend.jobfiles import (
     open_private,
     write_json_atomic,
 )
-from tuneproxy.local_backend.settings import LocalOptions, TrainSettings, settings_from_spec
+from tuneproxy.local_backend.settings import LocalOptions, settings_from_spec
 from tuneproxy.paths import private_folder
 from tuneproxy.prices import Price
 
@@ -431,10 +433,19 @@ class LocalProvider(Provider):
                  "or generation on this machine (default 0).",
         )]
 
+    def serving_cost(self, model: str) -> ServingCost:
+        """This machine's time at the option ``price_per_gpu_hour`` (default 0)."""
+        price = self.options.price_per_gpu_hour
+        if not price:
+            return ServingCost(per="free", note="on this machine; set price_per_gpu_hour to count its time",
+                               label="this machine")
+        return ServingCost(per="hour", usd_low=price, usd_high=price, note="this machine, at price_per_gpu_hour",
+                           label="this machine")
+
     def estimate(self, stats: Stats, spec: JobSpec) -> CostEstimate:
         """A guess of the wall-clock hours (from the tokens, model size and device) — what a local run
         bills; the core prices them with :meth:`prices`. Unknown model size: no quantity, no figure."""
-        epochs = spec.hyperparameters.epochs or TrainSettings.model_fields["epochs"].default
+        epochs = spec.hyperparameters.epochs or DEFAULT_EPOCHS
         tokens = stats.billable_tokens(epochs)
         quantities: list[Quantity] = []
         device = self.options.device
@@ -449,11 +460,12 @@ class LocalProvider(Provider):
             )
         flops = GPU_TRAINING_FLOPS if on_gpu else CPU_TRAINING_FLOPS
         hours = tokens * 6 * params / flops / 3600
+        requirements = memory_requirements(params)
         quantities.append(Quantity(kind="gpu_hours", amount=hours, low=hours / TIME_SPREAD,
                                    high=hours * TIME_SPREAD))
         return CostEstimate(
             provider=self.name, model=spec.model, quantities=quantities, usd=None, authoritative=False,
-            wall_time_s=hours * 3600,
+            wall_time_s=hours * 3600, requirements=requirements,
             basis=(f"local training on {where}: {tokens:,} tokens ({epochs} epoch(s)) × 6 FLOP per parameter "
                    f"per token × {params:,} parameters ÷ {flops:.0e} FLOP/s (a typical effective rate on "
                    f"{where}) ≈ {hours * 60:.1f} min, good to about ×{TIME_SPREAD:g} either way; the hours "
@@ -489,12 +501,37 @@ class LocalProvider(Provider):
         return LocalEndpoint(model, base=model, **common)
 
 
+# GPUs by memory, for saying which ones a run fits on (GiB as sold; a run plans for SAFETY of it).
+GPU_CLASSES: tuple[tuple[str, float], ...] = (("16 GB (T4)", 16), ("24 GB (L4, A10)", 24), ("40 GB (A100)", 40),
+                                              ("80 GB (A100, H100)", 80), ("141 GB (H200)", 141))
+ACTIVATIONS_GIB = 1.5  # activations of a short packed row, CUDA context and libraries: a rough allowance
+
+
+def memory_requirements(params: int) -> str:
+    """Memory a LoRA run of a ``params``-parameter model needs, roughly, and the smallest GPU it fits: 4-bit
+    QLoRA (the default on CUDA) and 16-bit weights. A guess from the size alone; the run's own preflight
+    measures it on the model before training."""
+    from tuneproxy.local_backend.memory import NF4_BYTES_PER_PARAM, SAFETY
+
+    nf4 = params * NF4_BYTES_PER_PARAM / 2**30 + ACTIVATIONS_GIB
+    bf16 = params * 2 / 2**30 + ACTIVATIONS_GIB
+    fits = next((name for name, gib in GPU_CLASSES if nf4 <= gib * SAFETY * 0.931), None)  # GB → GiB
+    where = f"fits a {fits} GPU or larger" if fits else "needs more than one GPU"
+    return f"~{nf4:.1f} GiB in 4-bit QLoRA ({bf16:.1f} GiB 16-bit): {where}"
+
+
 def guess_parameters(model: str) -> int | None:
-    """Parameter count from the model's config.json, the bundled model's known size, or a GGUF's size."""
+    """Parameter count from the model's config.json, the bundled model's known size, a GGUF's size, or (a hub
+    id not on disk: nothing is downloaded to guess) the count its name states (``Llama-3.1-8B`` → 8e9)."""
     try:
         source = models.resolve(model)
     except TuneproxyError:
         return None
+    if source.kind == "hub":
+        from tuneproxy.prices import parameter_count_b
+
+        billions = parameter_count_b(model)
+        return int(billions * 1e9) if billions is not None else None
     if source.kind == "gguf":
         if model.strip().lower() in models.BUNDLED_ALIASES:
             return models.BUNDLED_PARAMETERS

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from tuneproxy.contract import (
+    DEFAULT_EPOCHS,
     CostEstimate,
     Endpoint,
     JobEvent,
@@ -55,8 +56,8 @@ class ProfileOnlyProvider(Provider):
         raise self._not_built("Generating with a model")
 
     def estimate(self, stats: Stats, spec: JobSpec) -> CostEstimate:
-        """Training tokens × epochs (1 when not given), for the core to price with the catalogue."""
-        epochs = spec.hyperparameters.epochs or 1
+        """Training tokens × epochs (DEFAULT_EPOCHS when not given), for the core to price with the catalogue."""
+        epochs = spec.hyperparameters.epochs or DEFAULT_EPOCHS
         kind = "preference_training_tokens" if spec.format == "preference" else "training_tokens"
         return CostEstimate(
             provider=self.name, model=spec.model,

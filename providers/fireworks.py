@@ -48,6 +48,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from tuneproxy.contract import (
+    DEFAULT_EPOCHS,
     Capabilities,
     CostEstimate,
     Credentials,
@@ -60,6 +61,7 @@ from tuneproxy.contract import (
     JobStatus,
     ParameterSpec,
     Quantity,
+    ServingCost,
     Stats,
     UnknownStatusWarning,
     UploadedFile,
@@ -76,7 +78,6 @@ from ._sdk import SDKOptions, SDKProvider
 MESSAGE_KEYS = frozenset({"role", "content", "weight", "tool_calls", "tool_call_id", "name", "reasoning_content"})
 ACCOUNT_ENV = "FIREWORKS_ACCOUNT_ID"
 DIRECT_UPLOAD_LIMIT = 150 * 1024 * 1024  # the ``:upload`` call's limit; larger files need signed URLs
-DEFAULT_EPOCHS = 1
 ID_MAX = 63
 NANO = 1_000_000_000
 _MODEL_NAME = re.compile(r"accounts/[^/]+/models/[^/#]+")
@@ -85,6 +86,8 @@ class MetricsWarning(UserWarning):
 
 CAPABILITIES = Capabilities(
     display_name="Fireworks AI",
+    trainable=r"accounts/[\w-]+/models/[\w.-]+",
+    trainable_note="Fireworks fine-tunes models named accounts/<account>/models/<model>",
     credentials=Credentials(env_var="FIREWORKS_API_KEY", key_pattern=r"fw_[A-Za-z0-9]{8,}"),
     parameters={
         "epochs": ParameterSpec(minimum=1, wire="epochs"),
@@ -365,6 +368,18 @@ class FireworksProvider(SDKProvider):
         (``accounts/{a}/models/{m}#accounts/{a}/deployments/{d}``). A deployment bills by the GPU-second, not
         by the token, so completions are not priced from the catalogue."""
         return self.chat_endpoint(model, priced=False)
+
+    def serving_cost(self, model: str) -> ServingCost:
+        """A dedicated deployment per GPU-hour while it is up: the catalogue's range over its GPUs."""
+        from tuneproxy.prices import load_catalogue
+
+        rows = [p for p in load_catalogue().prices if p.provider == self.name and p.kind == "deployment_hour"]
+        if not rows:
+            return ServingCost(per="unknown", note="a dedicated deployment, per GPU-hour; no price in the catalogue",
+                               label="dedicated")
+        return ServingCost(per="hour", usd_low=min(p.usd_low if p.usd_low is not None else p.usd for p in rows),
+                           usd_high=max(p.usd for p in rows), note="dedicated deployment per GPU-hour while up",
+                           label="dedicated")
 
     def serialize(self, example: Example) -> dict[str, Any]:
         """Fireworks chat JSONL: ``messages`` (known keys only) and ``tools``."""

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from tuneproxy.contract import (
+    DEFAULT_EPOCHS,
     Capabilities,
     CostEstimate,
     Credentials,
@@ -39,7 +40,6 @@ from ._http import to_datetime
 from ._sdk import SDKOptions, SDKProvider
 
 INTENT_KEY = "tuneproxy_intent"
-DEFAULT_EPOCHS = 3  # what "auto" usually picks for a few hundred examples; stated in every estimate
 SUNSET = dt.date(2027, 1, 6)
 
 MESSAGE_KEYS = frozenset(
@@ -54,6 +54,8 @@ UPLOAD_KEYS: dict[str, tuple[str, ...]] = {
 
 CAPABILITIES = Capabilities(
     display_name="OpenAI",
+    trainable=r"(ft:)?(gpt-|babbage-002|davinci-002|o\d).*",
+    trainable_note="OpenAI fine-tunes its own gpt-… models",
     credentials=Credentials(env_var="OPENAI_API_KEY", key_pattern=r"sk-[A-Za-z0-9_\-]{8,}"),
     tokenizer="tiktoken",
     parameters={

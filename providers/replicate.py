@@ -50,6 +50,7 @@ import httpx
 from pydantic import Field, field_validator
 
 from tuneproxy.contract import (
+    DEFAULT_EPOCHS,
     PORTABLE_HYPERPARAMETERS,
     Capabilities,
     Completion,
@@ -65,6 +66,7 @@ from tuneproxy.contract import (
     Message,
     ParameterSpec,
     Quantity,
+    ServingCost,
     Stats,
     UploadedFile,
     Usage,
@@ -159,6 +161,8 @@ class ReplicateOptions(SDKOptions):
 
 CAPABILITIES = Capabilities(
     display_name="Replicate",
+    trainable=r"[\w.-]+/[\w.-]+(:[0-9a-f]{64})?",
+    trainable_note="Replicate trains a trainer named owner/name or owner/name:<version id>",
     credentials=Credentials(env_var="REPLICATE_API_TOKEN", key_pattern=r"r8_[A-Za-z0-9]{8,}"),
     parameters={key: LIMITS.get(key, ParameterSpec()).model_copy(update={"wire": wire})
                 for key, wire in LLAMA_INPUTS.items()},
@@ -451,7 +455,7 @@ class ReplicateProvider(SDKProvider):
         throughput (both options), from half to twice that. Replicate states no figure before the run; the
         bill is what the training reports it used."""
         options = self.replicate_options
-        epochs = spec.hyperparameters.epochs or 1
+        epochs = spec.hyperparameters.epochs or DEFAULT_EPOCHS
         tokens = stats.billable_tokens(epochs)
         seconds = options.setup_seconds + tokens / options.tokens_per_second
         return CostEstimate(
@@ -468,6 +472,19 @@ class ReplicateProvider(SDKProvider):
         """Predictions on ``model``: a trained version (``owner/name:<version>``, what a training outputs) or
         a model Replicate serves by name (``owner/name``)."""
         return PredictionEndpoint(self, model)
+
+    def serving_cost(self, model: str) -> ServingCost:
+        """Predictions per second on the destination model's hardware (a private model that does not boot fast
+        also bills its set-up and idle time)."""
+        from tuneproxy.prices import load_catalogue
+
+        hardware = self.replicate_options.destination_hardware
+        price = load_catalogue().match(self.name, None, "hardware_second", hardware)
+        if price is None:
+            return ServingCost(per="unknown", note=f"per second on {hardware}; no price in the catalogue")
+        return ServingCost(per="second", usd_low=price.usd / price.per, usd_high=price.usd / price.per,
+                           note=f"per second on {hardware}, plus set-up and idle time unless it boots fast",
+                           label="private model")
 
     def serialize(self, example: Example) -> dict[str, Any]:
         """``{"text"}`` for text examples (and everything, with ``data_format=text``), ``{"prompt",

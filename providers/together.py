@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from tuneproxy.contract import (
+    DEFAULT_EPOCHS,
     Capabilities,
     CostEstimate,
     Credentials,
@@ -48,6 +49,7 @@ from tuneproxy.contract import (
     JobStatus,
     ParameterSpec,
     Quantity,
+    ServingCost,
     Stats,
     UnknownStatusWarning,
     UploadedFile,
@@ -66,7 +68,6 @@ from ._http import OUTCOME_UNKNOWN, intent_tag, to_datetime
 from ._sdk import SDKOptions, SDKProvider
 
 NANO = 1_000_000_000
-DEFAULT_EPOCHS = 1  # the SDK's default n_epochs
 EVENT_LEVELS = {
     "warning": "warning", "error": "error", "legacy_iwarning": "warning", "legacy_ierror": "error",
 }
@@ -86,6 +87,8 @@ UPLOAD_KEYS: dict[str, tuple[str, ...]] = {
 
 CAPABILITIES = Capabilities(
     display_name="Together AI",
+    trainable=r"[\w.-]+/[\w.-]+",
+    trainable_note="Together fine-tunes models named organization/model, as on its models page",
     credentials=Credentials(env_var="TOGETHER_API_KEY", key_pattern=r"tgp_[A-Za-z0-9_\-]{8,}"),
     tokenizer="huggingface",
     parameters={
@@ -300,6 +303,11 @@ class TogetherProvider(SDKProvider):
         """Chat completions on ``model``: a tuned model's serving name (on a dedicated endpoint, or a
         serverless LoRA where Together still offers one) or a base model."""
         return self.chat_endpoint(model)
+
+    def serving_cost(self, model: str) -> ServingCost:
+        """A dedicated endpoint, billed by the minute while it is up; its hourly prices are not in the catalogue."""
+        return ServingCost(per="unknown", note="dedicated endpoint billed per minute while up; price not in the "
+                                               "catalogue", label="dedicated")
 
     def inference_model(self, base: str) -> str | None:
         """``base`` itself, except a ``-Reference`` training id: Together cannot serve those at all, and

@@ -16,7 +16,10 @@ FIXTURES = ROOT / "fixtures"
 # something other than what it asked for.
 REDIRECTING_VARIABLES = ("OPENAI_BASE_URL", "TOGETHER_BASE_URL", "FIREWORKS_BASE_URL", "REPLICATE_BASE_URL",
                          "REPLICATE_DESTINATION",
-                         "FIREWORKS_ACCOUNT_ID", "TUNEPROXY_RECORD", "TUNEPROXY_CASSETTE", "TUNEPROXY_CASSETTES")
+                         "FIREWORKS_ACCOUNT_ID", "TUNEPROXY_RECORD", "TUNEPROXY_CASSETTE", "TUNEPROXY_CASSETTES",
+                         # settings a config run reads from the environment (tuneproxy.config.ENVIRONMENT)
+                         "TUNEPROXY_PROVIDER", "TUNEPROXY_MODEL", "TUNEPROXY_BUDGET", "TUNEPROXY_EPOCHS",
+                         "TUNEPROXY_LEARNING_RATE", "TUNEPROXY_HOLDOUT")
 
 
 @functools.cache

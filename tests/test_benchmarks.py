@@ -80,3 +80,10 @@ def test_eval_benchmark_quick():
         answered, asked, lost, twice = map(int, line.groups())
         assert (answered, lost, twice) == (asked, 0, 0), line.group(0)
     figure(out, rf"^rate-limited prompts: {NUMBER} of")
+
+
+def test_estimate_all_benchmark_quick():
+    out = run_quick("bench_estimate_all.py")
+    figure(out, rf"^baseline\s+validate alone \(exact o200k_base counts\): {NUMBER} s")
+    figure(out, rf"^ours\s+estimate --all \(5 backends, counted once\): {NUMBER} s")
+    figure(out, rf"^ratio\s+estimate --all / validate = {NUMBER} \(goal: at most 1.10\)")

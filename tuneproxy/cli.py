@@ -44,8 +44,14 @@ OptionOpt = Annotated[list[str] | None, typer.Option(
     "--option", "-o", help="Backend setting KEY=VALUE (repeatable; `tuneproxy providers` lists each backend's), "
                            "e.g. -o quantization=nf4 for local.")]
 DataArg = Annotated[Path, typer.Argument(help="Training data, JSONL.")]
-TrainProviderOpt = Annotated[str, typer.Option("--provider", "-p", help="Where it trains: see `tuneproxy providers`.")]
-BaseModelOpt = Annotated[str, typer.Option("--model", "-m", help="Base model to fine-tune.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings file (default: tuneproxy.toml, or "
+                                                                 "[tool.tuneproxy] in pyproject.toml, found from "
+                                                                 "here upward; docs/config.md).")]
+TrainProviderOpt = Annotated[str | None, typer.Option("--provider", "-p",
+                                                      help="Where it trains: see `tuneproxy providers`.")]
+BaseModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Base model to fine-tune: a backend id or a "
+                                                                       "portable name (`tuneproxy models`); default: "
+                                                                       "the backend's own default model.")]
 
 
 def _print_json(data: Any) -> None:
@@ -132,6 +138,74 @@ def providers_command(as_json: JsonOpt = False) -> None:
     console.print(providers_table(rows))
 
 
+@app.command("costs")
+def costs_command(
+    by: Annotated[str, typer.Option("--by", help="Group by provider, job, month (UTC, YYYY-MM) or model.")]
+    = "provider",
+    since: Annotated[str | None, typer.Option("--since", help="Only what was incurred on or after this date "
+                                                              "(YYYY-MM-DD, UTC).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What was spent, from the ledger (no service is contacted): each job's bill once, deployments by the hour
+    (one still running counted up to now, and flagged), the evaluation's priced answers, and each job's estimate
+    against its bill. Charges of unknown amount are counted as unknown, never as $0. --json: the schema in
+    tuneproxy/spend.py."""
+    import datetime as dt
+
+    from tuneproxy.ledger import Ledger
+    from tuneproxy.render import estimate_vs_bill_table, spend_notes, spend_table
+    from tuneproxy.spend import GROUPINGS, from_ledger
+
+    if by not in GROUPINGS:
+        raise typer.BadParameter(f"{by!r} is not one of {', '.join(GROUPINGS)}.", param_hint="--by")
+    try:
+        start = dt.date.fromisoformat(since) if since is not None else None
+    except ValueError:
+        raise typer.BadParameter(f"{since!r} is not a date like 2026-11-01.", param_hint="--since") from None
+    with _warnings_shown():  # a row the ledger cannot read is named in one line, the rest reported
+        report = from_ledger(Ledger(), by=by, since=start)  # type: ignore[arg-type]  # checked above
+    if as_json:
+        _print_json(report.model_dump(mode="json"))
+        return
+    if report.empty and start is not None:
+        console.print(f"No costs incurred since {start.isoformat()}; `tuneproxy costs` without --since shows "
+                      "all of them.", highlight=False)
+        return
+    if report.empty:
+        console.print("No costs recorded yet. They are recorded when a job ends (`tuneproxy fit`, `tuneproxy jobs "
+                      "wait ID`), while a deployment runs (`tuneproxy deployments create JOB`) and when an "
+                      "evaluation asks a priced model (`tuneproxy eval JOB`).", highlight=False)
+        return
+    console.print(spend_table(report))
+    if report.jobs:
+        console.print(estimate_vs_bill_table(report))
+    for line in spend_notes(report):
+        console.print(line, highlight=False)
+
+
+@app.command("models")
+def models_command(provider: Annotated[str | None, typer.Option("--provider", "-p", help="Only this backend's.")]
+                   = None, as_json: JsonOpt = False) -> None:
+    """Portable model names and each backend's id for them, with training and serving prices and training
+    context (a name works as `-m` everywhere; `[default]` marks what a backend trains when no model is given)."""
+    from tuneproxy.models import model_rows
+
+    if provider is not None:
+        from tuneproxy import registry
+
+        registry.provider_class(provider)  # an unknown name: the registry's error, listing the valid ones
+    rows = model_rows(provider)
+    if as_json:
+        _print_json([r.model_dump(mode="json") for r in rows])
+        return
+    if not rows:
+        console.print(f"The model table names no model for {provider}: give its own ids with -m.")
+        return
+    from tuneproxy.render import models_table
+
+    console.print(models_table(rows))
+
+
 jobs_app = typer.Typer(help="Follow fine-tuning jobs the ledger knows: list, show, events, wait, cancel, resume.",
                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(jobs_app, name="jobs")
@@ -210,21 +284,65 @@ def _with_hyperparameters(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _tuner(provider: str, model: str, hyperparameters: dict[str, Any], option: list[str] | None,
-           **settings: Any) -> Any:
+def _settings(config: Path | None, **flags: Any) -> Any:
+    """The run's settings: these flags (None: not given) over the TUNEPROXY_* environment over the config file
+    (``--config``, else tuneproxy.toml / [tool.tuneproxy] found from here) over the defaults (docs/config.md)."""
+    from tuneproxy.config import load_settings
+
+    return load_settings(config, flags)
+
+
+def _tuner(settings: Any, **arguments: Any) -> Any:
+    """The Tuner of ``settings`` (with the CLI's own ``arguments``), saying which model it chose when none was
+    given."""
     from tuneproxy.tuner import Tuner
 
-    return Tuner(provider, model, provider_options=_options(option), **settings, **hyperparameters)
+    tuner = Tuner(**settings.tuner_arguments(), **arguments)
+    if tuner.model_choice.default:
+        err_console.print(f"{tuner.provider_name}: {tuner.model_choice.said}.", highlight=False, soft_wrap=True)
+    return tuner
 
 
 @app.command()
 @_with_hyperparameters
-def estimate(data: DataArg, provider: TrainProviderOpt, model: BaseModelOpt, option: OptionOpt = None,
-             as_json: JsonOpt = False, *, hyperparameters: dict[str, Any]) -> None:
+def estimate(data: DataArg, provider: TrainProviderOpt = None, model: BaseModelOpt = None, option: OptionOpt = None,
+             all_: Annotated[bool, typer.Option("--all", help="Every backend that offers the model (a portable name; "
+                                                              "none: each backend's default), side by side, "
+                                                              "cheapest first.")] = False,
+             config: ConfigOpt = None, as_json: JsonOpt = False, *, hyperparameters: dict[str, Any]) -> None:
     """What fine-tuning on DATA would cost, before anything is uploaded or paid (takes the same
-    hyperparameters as `fit`: a price can depend on them)."""
+    hyperparameters as `fit`: a price can depend on them). With --all: the cost desk, one row per backend
+    (-p limits it to one; -o sets that backend's options; the config file's [providers.*] set each one's)."""
+    if all_:
+        from tuneproxy.config import desk_settings, find_config, load_config
+        from tuneproxy.tuner import Tuner
+
+        with _warnings_shown():
+            found = config or find_config()
+            wanted, hyper, options = desk_settings(
+                load_config(found) if found else None, os.environ,
+                {"model": model, **hyperparameters, "provider_options": {provider: _options(option)} if provider
+                 else None})
+            desk = Tuner.estimate_all(data, wanted, providers=[provider] if provider else None,
+                                      provider_options=options, **hyper)
+        if as_json:
+            _print_json(desk.model_dump(mode="json"))
+            return
+        from tuneproxy.render import desk_table
+
+        console.print(desk_table(desk))
+        epochs = sorted({r.epochs for r in desk.rows if r.epochs})
+        console.print(f"The data was read and its tokens counted once ({desk.total_tokens:,} per epoch), "
+                      f"{', '.join(map(str, epochs))} epoch(s); each row says how its backend counts them. Each "
+                      "backend's basis and price dates: --json.", highlight=False, soft_wrap=True)
+        if desk.stale:
+            console.print("[yellow]warning:[/] a price used is more than 90 days old: check the providers' pricing "
+                          "pages.", highlight=False)
+        return
     with _warnings_shown():
-        result = _tuner(provider, model, hyperparameters, option, show_progress=False).estimate(data)
+        settings = _settings(config, provider=provider, model=model, provider_options=_options(option) or None,
+                             **hyperparameters)
+        result = _tuner(settings, show_progress=False).estimate(data)
     if as_json:
         _print_json(result.model_dump(mode="json"))
         return
@@ -233,12 +351,39 @@ def estimate(data: DataArg, provider: TrainProviderOpt, model: BaseModelOpt, opt
     console.print(estimate_line(result), highlight=False, soft_wrap=True)
 
 
+def _can_ask() -> bool:
+    """Whether a question can be answered: a terminal on stdin and on stderr (where the question goes)."""
+    return sys.stdin.isatty() and err_console.is_terminal
+
+
+def _confirmer(yes: bool, auto_approve: float | None) -> Callable[[Any], bool] | None:
+    """How `fit` confirms its estimate before paying: not at all with --yes; without asking when the estimate's
+    top is at most ``auto_approve`` USD, or when there is no terminal to ask on (it never hangs: the estimate is
+    printed and the run goes on); otherwise a yes/no question on the terminal, no by default."""
+    if yes:
+        return None
+
+    def confirm(estimate: Any) -> bool:
+        from tuneproxy.render import estimate_line
+
+        err_console.print(f"Estimate: {estimate_line(estimate)}", highlight=False, soft_wrap=True)
+        top = estimate.usd_high if estimate.usd_high is not None else estimate.usd
+        if top is not None and auto_approve is not None and top <= auto_approve:
+            return True
+        if not _can_ask():
+            err_console.print("(no terminal to confirm on: going ahead; --yes skips this line)", highlight=False)
+            return True
+        return typer.confirm("Upload the data and pay for this job?", default=False, err=True)
+
+    return confirm
+
+
 @app.command()
 @_with_hyperparameters
 def fit(
     data: DataArg,
-    provider: TrainProviderOpt,
-    model: BaseModelOpt,
+    provider: TrainProviderOpt = None,
+    model: BaseModelOpt = None,
     holdout: Annotated[str | None, typer.Option(help="Validation JSONL, or a fraction/count to hold out.")] = None,
     stratify: Annotated[str | None, typer.Option(help="Metadata key to stratify the holdout by.")] = None,
     budget: Annotated[float | None, typer.Option(help="Refuse if the estimate is over this many USD.")] = None,
@@ -249,6 +394,11 @@ def fit(
                                                         "training again.")] = False,
     poll_interval: PollOpt = None,
     option: OptionOpt = None,
+    holdout_seed: Annotated[int | None, typer.Option(help="Seed of the holdout split (default 0).")] = None,
+    config: ConfigOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask to confirm the estimate before paying.")] = False,
+    auto_approve: Annotated[float | None, typer.Option(help="Go ahead without asking when the estimate is at most "
+                                                            "this many USD.")] = None,
     as_json: JsonOpt = False,
     *,
     hyperparameters: dict[str, Any],
@@ -257,11 +407,13 @@ def fit(
     from tuneproxy.jobs import Job
 
     with _warnings_shown():
-        tuner = _tuner(provider, model, hyperparameters, option, budget_usd=budget, poll_interval=poll_interval,
-                       show_progress=not as_json)
+        settings = _settings(config, provider=provider, model=model, budget_usd=budget,
+                             holdout=_holdout_value(holdout), holdout_seed=holdout_seed, stratify=stratify,
+                             provider_options=_options(option) or None, **hyperparameters)
+        tuner = _tuner(settings, poll_interval=poll_interval, show_progress=not as_json,
+                       confirm=_confirmer(yes, auto_approve))
         with _still_running(lambda: tuner.job):
-            result = tuner.fit(data, _holdout_value(holdout), wait=not no_wait, stratify=stratify, resubmit=new,
-                               reuse=reuse)
+            result = tuner.fit(data, **settings.fit_arguments(), wait=not no_wait, resubmit=new, reuse=reuse)
     record = result.record
     if as_json:
         payload = record.model_dump(mode="json")
@@ -613,6 +765,21 @@ def eval_(
     for path in (report, markdown):
         if path is not None:
             console.print(f"Report written to {path}", highlight=False)
+
+
+@app.command("init")
+def init_command(
+    path: Annotated[Path, typer.Argument(help="File to write (a folder gets tuneproxy.toml in it).")]
+    = Path("tuneproxy.toml"),
+    provider: Annotated[str, typer.Option("--provider", "-p", help="The provider the file starts with.")] = "openai",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter config file (docs/config.md describes every key)."""
+    from tuneproxy.config import write_starter
+
+    written = write_starter(path, provider, force=force)
+    console.print(f"Wrote {written} for {provider} (docs/config.md describes every key).", highlight=False,
+                  soft_wrap=True)
 
 
 def main() -> None:

@@ -108,6 +108,10 @@ class Hyperparameters(BaseModel):
 
 PORTABLE_HYPERPARAMETERS: tuple[str, ...] = tuple(Hyperparameters.model_fields)
 
+DEFAULT_EPOCHS = 3
+"""Epochs when none are given: the Tuner sends this to every backend (so the same fit trains as long
+everywhere, and each estimate is for what will run), and every backend's estimate assumes it."""
+
 
 class ProviderOptions(BaseModel):
     """A backend's own settings, typed and documented (each backend subclasses this as ``Options``).
@@ -222,6 +226,10 @@ class Capabilities(BaseModel):
     poll_seconds: float = Field(10.0, description="How often a waiting client should ask for the job's state.")
     serving_note: str = Field("", description="What serving a tuned model costs beyond its requests (a paid "
                                               "deployment, idle time), shown with a fit's result.")
+    trainable: str | None = Field(None, description="A regular expression every model id the backend can fine-tune "
+                                                    "matches in full (None: any id).")
+    trainable_note: str = Field("", description="What the backend fine-tunes, in words, for the error when a "
+                                                "model id does not match ``trainable``.")
 
     @property
     def env_key(self) -> str | None:
@@ -358,12 +366,50 @@ class CostEstimate(BaseModel):
     basis: str = Field(description="How the figure was reached, in words, with the price's date.")
     price_source: str | None = Field(None, description="Where the price came from, with its as-of date.")
     authoritative: bool = Field(False, description="True when the service itself gave the figure.")
+    stale: bool = Field(False, description="A price used is more than 90 days old.")
+    assumed_band: str | None = Field(None, description="Said when a model tuneproxy does not know was priced by a "
+                                                       "size band read from its name.")
+    requirements: str | None = Field(None, description="What the run needs besides money, where the backend says "
+                                                       "(memory, and which hardware fits, for a local run).")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def billable_tokens(self) -> int | None:
         """Training tokens the estimate is for, if it counts tokens."""
         return training_tokens(self.quantities)
+
+
+class ServingCost(BaseModel):
+    """What asking a tuned model costs on its backend: per token, per hour or second of dedicated hardware,
+    nothing, or unknown — with a note saying how it is billed."""
+
+    per: Literal["tokens", "hour", "second", "free", "unknown"]
+    usd_input_per_m: float | None = Field(None, description="Per 1M input tokens (``per='tokens'``).")
+    usd_output_per_m: float | None = Field(None, description="Per 1M output tokens (``per='tokens'``).")
+    usd_low: float | None = Field(None, description="Per hour or second: the least of the prices that apply.")
+    usd_high: float | None = Field(None, description="Per hour or second: the most of the prices that apply.")
+    note: str = Field("", description="How serving is billed, in words.")
+    label: str = Field("", description="A word or two for tables: 'serverless', 'dedicated', 'this machine'.")
+
+    def describe(self, long: bool = False) -> str:
+        """A short phrase for a table, e.g. ``$0.30/$1.20 per 1M in/out serverless`` or ``$2.90–$6.99/h dedicated``
+        (``long``: with the note saying how it is billed instead of the label)."""
+        def money(value: float) -> str:
+            return f"${value:.2f}" if value >= 0.01 else f"${value:.6f}".rstrip("0")
+        if self.per == "tokens" and self.usd_input_per_m is not None and self.usd_output_per_m is not None:
+            figure = f"{money(self.usd_input_per_m)}/{money(self.usd_output_per_m)} per 1M in/out"
+        elif self.per in ("hour", "second") and self.usd_low is not None and self.usd_high is not None:
+            unit = "h" if self.per == "hour" else "s"
+            span = money(self.usd_low) if self.usd_low == self.usd_high else \
+                f"{money(self.usd_low)}–{money(self.usd_high)}"
+            figure = f"{span}/{unit}"
+        elif self.per == "free":
+            figure = "$0"
+        else:
+            figure = "unknown"
+        if long and self.note:
+            return f"{figure} ({self.note})"
+        return f"{figure} {self.label}".strip()
 
 
 class Deployment(BaseModel):
@@ -656,6 +702,22 @@ class Provider(ABC):
         """The model id that serves ``base`` (the model a job trained on) for comparison, or None when
         this backend cannot serve it. Default: the same id."""
         return base
+
+    def serving_cost(self, model: str) -> ServingCost:
+        """What asking the model tuned from ``model`` costs here. Default: the catalogue's per-token inference
+        prices of the model that serves ``model`` (unknown when the catalogue has none). A backend that serves
+        tuned models on dedicated hardware says so by overriding this."""
+        from tuneproxy.prices import load_catalogue
+
+        serving = self.inference_model(model) or model
+        catalogue = load_catalogue()
+        given = catalogue.match(self.name, serving, "inference_input"), catalogue.match(self.name, serving,
+                                                                                      "inference_output")
+        if given[0] is None or given[1] is None:
+            return ServingCost(per="unknown", note="no serving price in the catalogue")
+        return ServingCost(per="tokens", usd_input_per_m=given[0].usd * 1e6 / given[0].per,
+                           usd_output_per_m=given[1].usd * 1e6 / given[1].per, note="per request, serverless",
+                           label="serverless")
 
     def prices(self) -> Sequence[Any]:
         """Prices this instance knows beyond the catalogue (:class:`tuneproxy.prices.Price` rows — a

@@ -40,12 +40,37 @@ def price_estimate(provider: Provider, estimate: CostEstimate, stats: Stats | No
     basis = f"{estimate.basis}: " + "; ".join(pricing.lines) if pricing.lines else estimate.basis
     if stats is not None and not stats.exact:
         basis += f". Token count: {stats.tokenizer}, so the range spans ±{stats.error_bound:.0%}"
+    band = size_band_note(provider, estimate.model, quantities)
+    if band:
+        basis += f". {band}"
     if pricing.stale:
         basis += ". A price used is more than 90 days old: check the provider's pricing page"
     return estimate.model_copy(update={
         "quantities": quantities, "usd": pricing.usd, "usd_low": pricing.usd_low, "usd_high": pricing.usd_high,
-        "basis": basis + ".", "price_source": "; ".join(pricing.sources) or None,
+        "basis": basis + ".", "price_source": "; ".join(pricing.sources) or None, "stale": pricing.stale,
+        "assumed_band": band or None,
     })
+
+
+def size_band_note(provider: Provider, model: str, quantities: list[Quantity]) -> str:
+    """For a model the model table does not know, priced by a size class read from its name: a sentence
+    saying which band was assumed and why (empty when the model is known, or priced by its own id)."""
+    from tuneproxy.models import alternatives
+    from tuneproxy.prices import QUANTITY_PRICE_KIND, TOKEN_KINDS, load_catalogue, parameter_count_b
+
+    if alternatives(model):
+        return ""
+    catalogue = load_catalogue()
+    for quantity in quantities:
+        kind = QUANTITY_PRICE_KIND.get(quantity.kind)
+        if kind not in TOKEN_KINDS:
+            continue
+        price = catalogue.match(provider.name, quantity.model or model, kind)
+        if price is not None and price.model is None:
+            size = parameter_count_b(quantity.model or model)
+            return (f"{model} is not in tuneproxy's model list, so its price is assumed from its size band "
+                    f"({price.selector()}, read as {size:g}B from its name): check {provider.name}'s price for it")
+    return ""
 
 
 @dataclass(frozen=True)

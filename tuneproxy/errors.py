@@ -190,6 +190,10 @@ class BudgetExceeded(TuneproxyError):
     """The cost estimate is above the budget the user set."""
 
 
+class NotConfirmed(TuneproxyError):
+    """The user declined the estimate when asked to confirm it: nothing was uploaded or paid."""
+
+
 class ProviderSunset(ProviderError):
     """The provider no longer accepts new jobs of this kind."""
 

@@ -329,6 +329,43 @@ class CachedAnswer(BaseModel):
     created_at: dt.datetime
 
 
+class DeploymentSpan(BaseModel):
+    """A deployment as the ledger keeps it, for what it cost: its hourly price and the times it billed
+    between. ``created_at`` is the service's own time when it gave one, else when the ledger first saw it;
+    ``deleted_at`` is when the ledger first saw it stopped (None while it has not: still billing, as far as
+    the ledger knows). The ledger keeps only the latest hourly price."""
+
+    provider: str
+    deployment_id: str
+    model: str
+    serving_model: str | None = None
+    state: str
+    usd_per_hour: float | None = None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    deleted_at: dt.datetime | None = None
+
+
+class JobLink(BaseModel):
+    """What ties a job to its costs: its submission (whose estimates it has), and the tuned model its
+    deployments serve and its evaluation asks."""
+
+    provider: str
+    job_id: str
+    intent_id: str | None = None
+    base_model: str
+    tuned_model: str | None = None
+
+
+def _deployment_span(row: sqlite3.Row) -> DeploymentSpan:
+    return DeploymentSpan(**{key: row[key] for key in DeploymentSpan.model_fields})
+
+
+def _job_link(row: sqlite3.Row) -> JobLink:
+    return JobLink(provider=row["provider"], job_id=row["job_id"], intent_id=row["intent_id"],
+                   base_model=row["model"], tuned_model=row["fine_tuned_model"])
+
+
 def _cached_answer(row: sqlite3.Row) -> CachedAnswer:
     return CachedAnswer(**{key: row[key] for key in CachedAnswer.model_fields})
 
@@ -688,6 +725,13 @@ class Ledger:
                                [*args, limit]).fetchall()
         return self._read_all("jobs", rows, ("provider", "job_id"), _job_record)
 
+    def job_links(self) -> Rows[JobLink]:
+        """Every job the ledger knows, oldest first, as what ties it to its costs (read from the jobs
+        table's own columns; a row that cannot be read is left out)."""
+        rows = self.db.execute("SELECT provider, job_id, intent_id, model, fine_tuned_model FROM jobs "
+                               "ORDER BY created_at, provider, job_id").fetchall()
+        return self._read_all("jobs", rows, ("provider", "job_id"), _job_link)
+
     # -- events ---------------------------------------------------------------------------------------
     def save_events(self, provider: str, job_id: str, events: list[JobEvent]) -> int:
         """Store events not seen before, all or none (one transaction: another process writing the same
@@ -747,6 +791,12 @@ class Ledger:
         rows = self.db.execute(f"SELECT provider, deployment_id, record FROM deployments{where} ORDER BY "
                                "created_at DESC, updated_at DESC").fetchall()
         return self._read_all("deployments", rows, ("provider", "deployment_id"), _deployment)
+
+    def deployment_spans(self) -> Rows[DeploymentSpan]:
+        """Every deployment the ledger knows, stopped ones included, oldest first, with the times it billed
+        between (a row that cannot be read is left out: see :class:`Rows`)."""
+        rows = self.db.execute("SELECT * FROM deployments ORDER BY created_at, provider, deployment_id").fetchall()
+        return self._read_all("deployments", rows, ("provider", "deployment_id"), _deployment_span)
 
     def deployment(self, deployment_id: str, provider: str | None = None) -> Deployment:
         """The last saved state of a deployment, by its id or a prefix of it that names exactly one."""
@@ -889,5 +939,6 @@ class Ledger:
         return {r["provider"]: r["usd"] or 0.0 for r in rows}
 
 
-__all__ = ["MIGRATIONS", "CachedAnswer", "CostRow", "DeploymentNotFound", "Ledger", "LedgerRowWarning", "Rows",
-           "SkippedRow", "Submission", "SubmissionInProgress", "SubmissionState", "UnreadableRow"]
+__all__ = ["MIGRATIONS", "CachedAnswer", "CostRow", "DeploymentNotFound", "DeploymentSpan", "JobLink", "Ledger",
+           "LedgerRowWarning", "Rows", "SkippedRow", "Submission", "SubmissionInProgress", "SubmissionState",
+           "UnreadableRow"]

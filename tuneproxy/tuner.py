@@ -10,25 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import ValidationError
 
 from tuneproxy import holdouts, registry
 from tuneproxy.contract import (
+    DEFAULT_EPOCHS,
     PORTABLE_HYPERPARAMETERS,
     Clock,
     CostEstimate,
+    Format,
     Hyperparameters,
     JobRecord,
     JobSpec,
     JobStatus,
     Provider,
     ProviderOptions,
+    Stats,
     UploadedFile,
     utc_now,
 )
@@ -43,6 +47,7 @@ from tuneproxy.errors import (
     ConfigError,
     DatasetError,
     MissingCredentials,
+    NotConfirmed,
     ProviderError,
     ProviderSunset,
     SubmissionUncertain,
@@ -50,9 +55,15 @@ from tuneproxy.errors import (
 )
 from tuneproxy.jobs import Job
 from tuneproxy.ledger import Ledger, Submission, SubmissionInProgress
+from tuneproxy.models import alternatives
+from tuneproxy.models import resolve as resolve_model
 from tuneproxy.paths import staging_folder
 from tuneproxy.tokens import TokenCounter, counter_for
 from tuneproxy.tuned import TunedModel
+
+if TYPE_CHECKING:
+    from tuneproxy.config import Settings
+    from tuneproxy.desk import Desk
 
 Data = str | Path | Iterable[dict[str, Any]]
 
@@ -90,18 +101,25 @@ def supported_by() -> dict[str, list[str]]:
 class Tuner:
     """Fine-tunes ``model`` on ``provider`` with portable hyperparameters (``epochs=3``, ``lora_rank=16``…).
 
+    ``model`` is a backend id or a portable name (``llama-3.1-8b-instruct``: ``tuneproxy models``); None trains
+    the backend's default model (:attr:`model_choice` says which). Epochs not given are
+    :data:`~tuneproxy.contract.DEFAULT_EPOCHS` on every backend.
+
     ``provider_options`` are the backend's own settings (its :class:`ProviderOptions`: ``tuneproxy
     providers`` lists them), validated now. ``budget_usd`` refuses a job whose estimate is higher;
+    ``confirm`` is asked with the estimate before anything is uploaded (False: :class:`NotConfirmed`, nothing
+    paid) — the CLI asks on a terminal unless ``--yes``;
     ``poll_interval`` (seconds) paces the wait (default: the provider's own cadence); ``show_progress``
     draws the live display; ``api_key`` overrides the provider's environment variable. ``transport``,
     ``clock``, ``sleep`` and ``ledger`` are seams for tests and embedding.
     """
 
-    def __init__(self, provider: str, model: str, *, budget_usd: float | None = None,
+    def __init__(self, provider: str, model: str | None = None, *, budget_usd: float | None = None,
                  poll_interval: float | None = None, show_progress: bool = True, api_key: str | None = None,
                  ledger: Ledger | None = None, clock: Clock = utc_now,
                  provider_options: ProviderOptions | Mapping[str, Any] | None = None, transport: Any = None,
-                 sleep: Callable[[float], None] = time.sleep, **hyperparameters: Any) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 confirm: Callable[[CostEstimate], bool] | None = None, **hyperparameters: Any) -> None:
         unknown = sorted(set(hyperparameters) - set(PORTABLE_HYPERPARAMETERS))
         if unknown:
             raise ConfigError(f"Unknown setting(s): {', '.join(unknown)}. Hyperparameters use portable names: "
@@ -113,7 +131,6 @@ class Tuner:
         if budget_usd is not None and budget_usd < 0:
             raise ConfigError(f"The budget must be zero or more USD, not {budget_usd}.")
         self.provider_name = provider
-        self.model = model
         self.budget_usd = budget_usd
         self.show_progress = show_progress
         self.clock = clock
@@ -122,13 +139,34 @@ class Tuner:
         self.provider: Provider = registry.create(provider, provider_options, api_key=api_key, require_key=False,
                                                   transport=transport, clock=clock, sleep=sleep)
         caps = self.provider.capabilities
+        self.model_choice = resolve_model(provider, model)
+        self.model = self.model_choice.model_id
+        self._check_trainable()
+        if self.hyperparameters.epochs is None and "epochs" in caps.parameters:
+            # the same default everywhere: what every estimate assumes is what every backend trains
+            self.hyperparameters = self.hyperparameters.model_copy(update={"epochs": DEFAULT_EPOCHS})
         self.poll_interval = caps.poll_seconds if poll_interval is None else poll_interval
         self.provider.translate(self.hyperparameters, supported_by())
         self._counter: TokenCounter | None = None
         self.job: Job | None = None  # the job the last fit submitted or followed, once there is one
+        self.confirm = confirm
+        self.settings: Settings | None = None  # the merged settings, for a tuner made by from_config
 
     def __repr__(self) -> str:
         return f"<Tuner {self.provider_name}:{self.model} {self.hyperparameters.given()}>"
+
+    def _check_trainable(self) -> None:
+        """A model id the backend cannot fine-tune (a Llama id on OpenAI) is refused before anything else,
+        naming the backends that offer the same model when the model table knows it."""
+        caps = self.provider.capabilities
+        if caps.trainable is None or re.fullmatch(caps.trainable, self.model):
+            return
+        elsewhere = {name: model_id for name, model_id in alternatives(self.model).items()
+                     if name != self.provider_name}
+        offered = (" The same model is offered by: " + ", ".join(f"{name} ({model_id})" for name, model_id
+                                                                 in elsewhere.items()) + ".") if elsewhere else ""
+        raise ConfigError(f"{caps.display_name} cannot fine-tune {self.model}: {caps.trainable_note}.{offered} "
+                          f"`tuneproxy models --provider {self.provider_name}` lists the models it offers.")
 
     @property
     def ledger(self) -> Ledger:
@@ -173,32 +211,40 @@ class Tuner:
 
     @overload
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: Literal[True] = True,
-            seed: int = 0, stratify: str | None = None, resubmit: bool = False, reuse: bool = False) -> TunedModel:
+            seed: int | None = None, stratify: str | None = None, resubmit: bool = False,
+            reuse: bool = False) -> TunedModel:
         ...
 
     @overload
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: Literal[False],
-            seed: int = 0, stratify: str | None = None, resubmit: bool = False, reuse: bool = False) -> Job: ...
+            seed: int | None = None, stratify: str | None = None, resubmit: bool = False,
+            reuse: bool = False) -> Job: ...
 
     @overload
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: bool,
-            seed: int = 0, stratify: str | None = None, resubmit: bool = False,
+            seed: int | None = None, stratify: str | None = None, resubmit: bool = False,
             reuse: bool = False) -> TunedModel | Job: ...
 
     def fit(self, data: Data, holdout: Data | float | int | None = None, *, wait: bool = True,
-            seed: int = 0, stratify: str | None = None, resubmit: bool = False,
+            seed: int | None = None, stratify: str | None = None, resubmit: bool = False,
             reuse: bool = False) -> TunedModel | Job:
         """Fine-tune on ``data``; returns the :class:`TunedModel` (``wait=False``: the :class:`Job`).
 
         ``holdout`` is a validation set (path or records), or a fraction/count of ``data`` to hold out
-        (seeded, stratified by the metadata key ``stratify`` when given).
+        (split with ``seed``, default 0, stratified by the metadata key ``stratify`` when given). A tuner made
+        by :meth:`from_config` takes the ones not given here from its settings (the file's ``holdout``,
+        ``holdout_seed``, ``stratify``).
 
         The same request (data, holdout, model, hyperparameters, provider) whose job was submitted and has
         not finished is followed, not submitted again (a :class:`ReattachedWarning` names the job);
         ``resubmit=True`` submits a new job anyway. A succeeded job of the same request is returned only
         with ``reuse=True``; otherwise a finished request is trained again.
         """
-        train, held, report = self._prepare(data, holdout, seed, stratify)
+        if self.settings is not None:
+            holdout = self.settings.holdout if holdout is None else holdout
+            seed = self.settings.holdout_seed if seed is None else seed
+            stratify = self.settings.stratify if stratify is None else stratify
+        train, held, report = self._prepare(data, holdout, seed or 0, stratify)
         fingerprint = self._fingerprint(train, held)
         earlier = None if resubmit else self._earlier_job(fingerprint, reuse)
         if earlier is not None:
@@ -207,6 +253,8 @@ class Tuner:
         self._require_key()
         estimate = self._preflight(report)
         self._guard(estimate)
+        if self.confirm is not None and not self.confirm(estimate):
+            raise NotConfirmed(f"Not confirmed: nothing was uploaded or paid ({self.provider_name}, {self.model}).")
         claimed = self._claim(fingerprint, self._request(data, train, held), resubmit)
         if isinstance(claimed, JobRecord):
             return self._follow_earlier(claimed, wait)
@@ -293,12 +341,28 @@ class Tuner:
 
     def _preflight(self, report: Report) -> CostEstimate:
         """The provider's own objections to this job (raised), then its estimate before any upload."""
-        spec = self._spec(training_file="", intent_id="", fmt=report.format or "chat")
-        problems = self.provider.check(spec)
+        assert report.stats is not None
+        return self.estimate_from(report.stats, report.format or "chat")
+
+    def estimate_from(self, stats: Stats, fmt: Format = "chat", *, check: bool = True) -> CostEstimate:
+        """The estimate for data whose figures are already known (``stats``, examples of format ``fmt``): the
+        provider's objections to the job raised first (``check=False``: not asked, as the cost desk does — a
+        local backend's check loads the model), then its quantities priced by the core."""
+        spec = self._spec(training_file="", intent_id="", fmt=fmt)
+        problems = self.provider.check(spec) if check else []
         if problems:
             raise ConfigError(" ".join(problems))
-        assert report.stats is not None
-        return price_estimate(self.provider, self.provider.estimate(report.stats, spec), report.stats)
+        return price_estimate(self.provider, self.provider.estimate(stats, spec), stats)
+
+    @staticmethod
+    def estimate_all(data: Data, model: str | None = None, *, providers: Sequence[str] | None = None,
+                     provider_options: Mapping[str, Mapping[str, Any]] | None = None,
+                     **hyperparameters: Any) -> Desk:
+        """The cost desk: ``data`` estimated on every backend that offers ``model`` (a portable name; None:
+        each backend's default), the tokens counted once, rows sorted by cost (:mod:`tuneproxy.desk`)."""
+        from tuneproxy.desk import estimate_all
+
+        return estimate_all(data, model, providers=providers, provider_options=provider_options, **hyperparameters)
 
     def _checked(self, data: Data, holdout: Data | None, what: str = "data", warn: bool = True,
                  check_size: bool = True) -> Report:
@@ -411,3 +475,25 @@ class Tuner:
         self.ledger.save_job(record)
         self.ledger.mark_submission(intent_id, "submitted", job_id=record.job_id)
         return Job(self.provider, record, self.ledger, self.poll_interval)
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, **overrides: Any) -> Tuner:
+        """A Tuner built from the config file at ``path`` (default: the one ``tuneproxy.config.find_config``
+        finds from the current directory; none: from the environment and ``overrides`` alone).
+
+        ``overrides`` win over the ``TUNEPROXY_*`` environment, which wins over the file (docs/config.md): any
+        setting (``provider``, ``model``, ``budget_usd``, ``holdout``, ``holdout_seed``, ``stratify``,
+        ``provider_options`` merged over the file's ``[providers.<name>]``, portable hyperparameters), and the
+        Tuner's own arguments (``poll_interval``, ``api_key``, ``transport``...). The merged
+        :class:`~tuneproxy.config.Settings` are kept as ``tuner.settings``: ``tuner.fit(data,
+        **tuner.settings.fit_arguments())`` splits the holdout as the file says, and
+        ``tuned.evaluate(**tuner.settings.eval.evaluate_arguments())`` evaluates as its ``[eval]`` says
+        (``fit`` takes the holdout, its seed and stratification key from them when not given).
+        """
+        from tuneproxy.config import load_settings, split_overrides
+
+        wanted, arguments = split_overrides(overrides)
+        settings = load_settings(path, wanted)
+        tuner = cls(**settings.tuner_arguments(), **arguments)
+        tuner.settings = settings
+        return tuner
