@@ -86,6 +86,10 @@ def test_serving_and_requirements_say_how_each_backend_serves() -> None:
     assert by["together"].serving.per == "unknown" and "dedicated" in by["together"].serving.note
     local = by["local"].estimate
     assert local is not None and local.requirements and "GiB" in local.requirements
+    # the training price each row was priced at, with what it applies to and its date
+    assert by["together"].rate == "$0.48/1M (≤16B, 2025-11-14)"
+    assert by["openai"].rate == "$3.00/1M (gpt-4o-mini, 2026-05-07)"
+    assert by["replicate"].rate == "$0.0058/s (8x gpu-a40-large, 2026-03-09)"
     assert local.wall_time_s and by["replicate"].estimate.wall_time_s
 
 

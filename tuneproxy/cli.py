@@ -705,12 +705,17 @@ def eval_(
                                                                         "deployment (`deployments list`).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the HTML report here.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write the Markdown report here.")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight per system.")] = 8,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per answer.")] = 256,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap (and of generation, where honoured).")] = 0,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Requests in flight per system (default 8).")]
+    = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Most tokens per answer (default 256).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the bootstrap (and of generation, where honoured; "
+                                                  "default 0).")] = None,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Evaluate a tuned model against its base (and other baselines) on held-out data, per slice."""
+    """Evaluate a tuned model against its base (and other baselines) on held-out data, per slice. Options not
+    given come from the config file's [eval] (docs/config.md)."""
+    from tuneproxy.config import eval_settings, find_config, load_config
     from tuneproxy.contract import GenerationParams
     from tuneproxy.evaluation.evaluate import Evaluation
     from tuneproxy.evaluation.plan import baseline_systems, candidate_system, holdout_items, url_system
@@ -718,6 +723,15 @@ def eval_(
     from tuneproxy.evaluation.scorers import PairwiseJudge, default_scorers, scorer_from_spec
     from tuneproxy.ledger import Ledger
 
+    found = config or find_config()
+    settings = eval_settings(load_config(found) if found else None, {
+        "baselines": baseline, "scorers": scorer, "slice_by": slice_by, "concurrency": concurrency,
+        "max_tokens": max_tokens, "seed": seed, "judge": judge, "pairwise": pairwise})
+    baseline, scorer, slice_by = settings.baselines, settings.scorers, settings.slice_by
+    judge, pairwise = settings.judge, settings.pairwise
+    concurrency = settings.concurrency or 8
+    max_tokens = settings.max_tokens or 256
+    seed = settings.seed if settings.seed is not None else 0
     if pairwise is not None and not judge:
         raise typer.BadParameter("needs --judge URL#MODEL, the LLM that compares the answers.",
                                  param_hint="--pairwise")

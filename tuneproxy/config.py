@@ -656,6 +656,11 @@ def desk_settings(config: Config | None, environ: Mapping[str, str], flags: Mapp
     return tune.get("model"), hyperparameters, options
 
 
+def eval_settings(config: Config | None, flags: Mapping[str, Any]) -> EvalSettings:
+    """The evaluation's settings: ``flags`` (EvalSettings keys; None: not given) over the file's ``[eval]``."""
+    return _eval(config, dict(flags))
+
+
 def load_settings(path: str | Path | None = None, flags: Mapping[str, Any] | None = None,
                   environ: Mapping[str, str] | None = None, start: Path | None = None) -> Settings:
     """:func:`resolve` on the file at ``path`` (a ``--config FILE``), else on the one :func:`find_config`

@@ -36,6 +36,8 @@ class DeskRow(BaseModel):
     exact: bool = Field(False, description="Whether that count is exact (else within ±error_bound).")
     error_bound: float = 0.0
     estimate: CostEstimate | None = None
+    rate: str | None = Field(None, description="The training price used, its selector and date, e.g. "
+                                               "'$0.48/1M (≤16B, 2025-11-14)' (the full basis: estimate.basis).")
     serving: ServingCost | None = None
     problems: list[str] = Field(default_factory=list, description="What in the data this backend would refuse "
                                                                   "(`tuneproxy validate -p` checks it all).")
@@ -138,10 +140,28 @@ def _row(tuner: Any, report: Any, counted: dict[Any, Stats], data: Any) -> DeskR
                   problems=_problems(caps.rules, report, stats, tuner.model, data))
     try:
         row.estimate = tuner.estimate_from(stats, report.format or "chat", check=False)
+        row.rate = _rate(provider, tuner.model, row.estimate)
         row.serving = provider.serving_cost(tuner.model)
     except TuneproxyError as exc:
         row.error = str(exc)
     return row
+
+
+def _rate(provider: Any, model: str, estimate: CostEstimate) -> str | None:
+    """The price the estimate's first quantity was priced at (the backend's own prices first, as the core
+    prices), in a few words; None when nothing was priced."""
+    from tuneproxy.prices import QUANTITY_PRICE_KIND, Catalogue, load_catalogue
+
+    if estimate.authoritative:
+        return "the service's own figure"
+    if not estimate.quantities:
+        return None
+    quantity = estimate.quantities[0]
+    kind = QUANTITY_PRICE_KIND[quantity.kind]
+    own = list(provider.prices())
+    price = (Catalogue(own).match(provider.name, quantity.model or model, kind, quantity.hardware) if own else None) \
+        or load_catalogue().match(provider.name, quantity.model or model, kind, quantity.hardware)
+    return f"{price.rate()} ({price.selector()}, {price.as_of})" if price is not None else "no price known"
 
 
 def _problems(rules: DatasetRules, report: Any, stats: Stats, model: str, data: Any) -> list[str]:

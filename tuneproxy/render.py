@@ -203,6 +203,8 @@ def desk_table(desk: Any) -> Table:
         usd = "unknown" if estimate.usd is None else f"{estimate.usd:.2f}"
         if estimate.usd_low is not None and estimate.usd_high is not None and estimate.usd_low != estimate.usd_high:
             usd += f"\n({estimate.usd_low:.2f}–{estimate.usd_high:.2f})"
+        if row.rate:
+            usd += f"\n[dim]{escape(row.rate)}[/]"
         bound = "" if row.exact else f" ±{row.error_bound:.0%}"
         tokens = f"{row.billable_tokens:,} tokens{bound}" if row.billable_tokens is not None else ""
         notes = [*row.problems, *([tokens] if tokens else []),

@@ -485,8 +485,8 @@ class Tuner:
         setting (``provider``, ``model``, ``budget_usd``, ``holdout``, ``holdout_seed``, ``stratify``,
         ``provider_options`` merged over the file's ``[providers.<name>]``, portable hyperparameters), and the
         Tuner's own arguments (``poll_interval``, ``api_key``, ``transport``...). The merged
-        :class:`~tuneproxy.config.Settings` are kept as ``tuner.settings``: ``tuner.fit(data,
-        **tuner.settings.fit_arguments())`` splits the holdout as the file says, and
+        :class:`~tuneproxy.config.Settings` are kept as ``tuner.settings``: ``tuner.fit(data)`` splits the holdout
+        as the file says, and
         ``tuned.evaluate(**tuner.settings.eval.evaluate_arguments())`` evaluates as its ``[eval]`` says
         (``fit`` takes the holdout, its seed and stratification key from them when not given).
         """

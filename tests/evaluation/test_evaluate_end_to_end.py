@@ -82,3 +82,20 @@ def test_tuneproxy_eval_writes_the_report_and_prints_json(tuned, capsys, tmp_pat
     assert printed["candidate"] == "tuned" and printed["items"] == 100
     assert "security: tuned worse than base" in "\n".join(printed["verdicts"])
     assert "<svg" in page.read_text(encoding="utf-8")
+
+
+def test_tuneproxy_eval_takes_what_the_config_file_eval_table_sets(tuned, capsys, tmp_path, monkeypatch):
+    service, model = tuned
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    config = tmp_path / "tuneproxy.toml"
+    config.write_text('[eval]\nbaselines = ["base"]\nscorers = ["label:category"]\nslice_by = "category"\n'
+                      "concurrency = 2\n")
+    sys.argv = ["tuneproxy", "eval", model.job_id, "--config", str(config), "--json"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0, err
+    printed = json.loads(out)
+    assert printed["items"] == 100 and {r["scorer"] for r in printed["results"]} == {"label:category"}
+    assert "security: tuned worse than base" in "\n".join(printed["verdicts"])  # sliced by the file's key
+    assert printed["slice_by"] == "category" and printed["scorers"] == ["label:category"]
