@@ -7,6 +7,7 @@ class registers its key's variable and shape for redaction (:meth:`Provider.__in
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -33,10 +34,17 @@ URL_ENDPOINT = "tuneproxy.providers.compatible:compatible_endpoint"
 
 
 def _targets() -> dict[str, str]:
+    return dict(_installed_targets())
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_targets() -> tuple[tuple[str, str], ...]:
+    """The built-in backends and the installed plugins' (read once per process: scanning every installed
+    distribution's entry points takes milliseconds, and the desk asks for the list dozens of times)."""
     targets = dict(BUILTIN)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         targets.setdefault(ep.name, ep.value)
-    return targets
+    return tuple(targets.items())
 
 
 def names() -> list[str]:
