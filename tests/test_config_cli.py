@@ -5,24 +5,18 @@ file says. (The file format, the merge itself and `init` are tests/test_config.p
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli_helpers import run_cli
 from tests.fit_helpers import SAMPLE, before_the_sunset
-from tuneproxy import JobStatus, Tuner, cli
+from tuneproxy import JobStatus, Tuner
 from tuneproxy.recording import ReplayTransport, cassette_path
 
 pytestmark = [pytest.mark.filterwarnings("ignore::tuneproxy.tuner.DatasetWarning")]
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    sys.argv = ["tuneproxy", *args]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def together_file(tmp_path: Path, epochs: int = 3) -> Path:
@@ -36,7 +30,7 @@ def together_file(tmp_path: Path, epochs: int = 3) -> Path:
 def test_fit_with_only_a_config_file_trains_what_it_says(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNEPROXY_CASSETTE", str(cassette_path("together", "fit_happy_path")))
-    code, out, err = run(capsys, "fit", str(SAMPLE), "--config", str(together_file(tmp_path)), "--poll-interval",
+    code, out, err = run_cli(capsys, "fit", str(SAMPLE), "--config", str(together_file(tmp_path)), "--poll-interval",
                          "0", "--json")
     assert code == 0, err
     done = json.loads(out)  # the cassette holds the create with n_epochs 3, batch 8, the holdout uploaded
@@ -48,11 +42,11 @@ def test_a_flag_wins_over_the_file(tmp_path: Path, capsys: pytest.CaptureFixture
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNEPROXY_CASSETTE", str(cassette_path("together", "fit_happy_path")))
     config = together_file(tmp_path, epochs=5)  # the cassette holds 3 epochs: only the flag's 3 can replay it
-    code, out, err = run(capsys, "fit", str(SAMPLE), "--config", str(config), "--epochs", "3", "--poll-interval",
+    code, out, err = run_cli(capsys, "fit", str(SAMPLE), "--config", str(config), "--epochs", "3", "--poll-interval",
                          "0", "--json")
     assert code == 0, err
     assert json.loads(out)["status"] == "succeeded"
-    code, _, err = run(capsys, "fit", str(SAMPLE), "--config", str(config), "--poll-interval", "0")
+    code, _, err = run_cli(capsys, "fit", str(SAMPLE), "--config", str(config), "--poll-interval", "0")
     assert code == 3 and "does not match the cassette" in " ".join(err.split())  # 5 epochs: not what was recorded
 
 
@@ -60,13 +54,13 @@ def test_the_environment_wins_over_the_file_and_a_flag_over_the_environment(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "tuneproxy.toml"
     config.write_text('[tune]\nprovider = "fireworks"\nepochs = 2\n')
-    code, out, _ = run(capsys, "estimate", str(SAMPLE), "--config", str(config), "--json")
+    code, out, _ = run_cli(capsys, "estimate", str(SAMPLE), "--config", str(config), "--json")
     assert code == 0 and json.loads(out)["provider"] == "fireworks"
     assert json.loads(out)["billable_tokens"] == 2 * 36224
     monkeypatch.setenv("TUNEPROXY_PROVIDER", "openai")
-    code, out, _ = run(capsys, "estimate", str(SAMPLE), "--config", str(config), "--json")
+    code, out, _ = run_cli(capsys, "estimate", str(SAMPLE), "--config", str(config), "--json")
     assert code == 0 and json.loads(out)["provider"] == "openai"
-    code, out, _ = run(capsys, "estimate", str(SAMPLE), "--config", str(config), "-p", "together", "--json")
+    code, out, _ = run_cli(capsys, "estimate", str(SAMPLE), "--config", str(config), "-p", "together", "--json")
     assert code == 0 and json.loads(out)["provider"] == "together"
 
 
@@ -75,7 +69,7 @@ def test_the_file_is_found_from_the_working_directory(tmp_path: Path, capsys: py
     (tmp_path / ".git").mkdir()
     (tmp_path / "pyproject.toml").write_text('[tool.tuneproxy.tune]\nprovider = "replicate"\n')
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "estimate", str(SAMPLE), "--json")
+    code, out, err = run_cli(capsys, "estimate", str(SAMPLE), "--json")
     assert code == 0, err
     assert json.loads(out)["provider"] == "replicate" and json.loads(out)["model"] == "meta/llama-2-7b"
 
@@ -84,7 +78,7 @@ def test_a_bad_config_file_is_a_usage_error_naming_the_line(tmp_path: Path, caps
                                                             ) -> None:
     config = tmp_path / "tuneproxy.toml"
     config.write_text('[tune]\nprovider = "together"\nepoch = 3\n')
-    code, _, err = run(capsys, "fit", str(SAMPLE), "--config", str(config))
+    code, _, err = run_cli(capsys, "fit", str(SAMPLE), "--config", str(config))
     assert code == 2 and "line 3" in err and "'epochs'" in err and "Traceback" not in err
 
 
@@ -93,7 +87,7 @@ def test_the_desk_takes_the_files_model_hyperparameters_and_every_providers_opti
     config = tmp_path / "tuneproxy.toml"
     config.write_text('[tune]\nprovider = "openai"\nmodel = "llama-3.1-8b-instruct"\nepochs = 2\nseed = 7\n\n'
                       "[providers.local]\nprice_per_gpu_hour = 2.0\n")
-    code, out, err = run(capsys, "estimate", str(SAMPLE), "--all", "--config", str(config), "--json")
+    code, out, err = run_cli(capsys, "estimate", str(SAMPLE), "--all", "--config", str(config), "--json")
     assert code == 0, err
     desk = json.loads(out)
     by = {r["provider"]: r for r in desk["rows"]}

@@ -4,12 +4,12 @@ by cost, with serving costs and what each backend would refuse — and the confi
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cli_helpers import run_cli
 from tests.conftest import FIXTURES
 from tests.fit_helpers import MODELS, make_tuner
 from tuneproxy import Tuner, cli, tokens
@@ -20,12 +20,6 @@ SAMPLE = FIXTURES / "datasets" / "sample.jsonl"
 pytestmark = [pytest.mark.filterwarnings("ignore::tuneproxy.tuner.SunsetWarning")]
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    sys.argv = ["tuneproxy", *args]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def write(path: Path, n: int) -> Path:
@@ -109,12 +103,12 @@ def test_a_backend_that_cannot_be_built_is_a_row_with_its_error_not_a_failure() 
 
 
 def test_estimate_all_on_the_cli_prints_the_desk_and_its_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "estimate", str(SAMPLE), "--all", "--json")
+    code, out, err = run_cli(capsys, "estimate", str(SAMPLE), "--all", "--json")
     assert code == 0, err
     desk = json.loads(out)
     assert [r["provider"] for r in desk["rows"]][-1] == "replicate" and desk["examples"] == 400
     assert all(r["estimate"]["basis"] and r["serving"]["per"] for r in desk["rows"])
-    code, out, err = run(capsys, "estimate", str(SAMPLE), "--all", "-m", "qwen3-8b")
+    code, out, err = run_cli(capsys, "estimate", str(SAMPLE), "--all", "-m", "qwen3-8b")
     assert code == 0, err
     text = " ".join(out.split())
     assert "qwen3-8b: 400 examples, 36,224 tokens" in text and "fireworks" in text and "openai" not in text
@@ -141,7 +135,7 @@ def test_fit_asks_on_a_terminal_and_no_stops_it(capsys: pytest.CaptureFixture[st
     monkeypatch.setattr(cli, "_can_ask", lambda: True)
     asked: list[str] = []
     monkeypatch.setattr(cli.typer, "confirm", lambda text, **kw: asked.append(text) or False)
-    code, _, err = run(capsys, "fit", str(SAMPLE), "-p", "openai", "-m", MODELS["openai"], "--holdout", "0.1")
+    code, _, err = run_cli(capsys, "fit", str(SAMPLE), "-p", "openai", "-m", MODELS["openai"], "--holdout", "0.1")
     assert code == 1 and asked == ["Upload the data and pay for this job?"]
     assert "Estimate: $" in " ".join(err.split()) and "nothing was uploaded or paid" in err
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pytest
 
+from tests.cli_helpers import run_cli
 from tests.conftest import FIXTURES
-from tuneproxy import Tuner, cli, registry
+from tuneproxy import Tuner, registry
 from tuneproxy.contract import DEFAULT_EPOCHS, Stats
 from tuneproxy.errors import ConfigError
 from tuneproxy.models import BACKENDS, default_model, load_table, model_rows, resolve
@@ -19,12 +19,6 @@ from tuneproxy.prices import load_catalogue
 SAMPLE = FIXTURES / "datasets" / "sample.jsonl"
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    sys.argv = ["tuneproxy", *args]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 # --------------------------------------------------------------------------- the table
@@ -95,7 +89,7 @@ def test_a_model_the_backend_cannot_fine_tune_is_refused_before_anything_naming_
 
 
 def test_fit_without_a_model_on_the_cli_says_which_model_it_chose(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "estimate", str(SAMPLE), "-p", "fireworks", "--json")
+    code, out, err = run_cli(capsys, "estimate", str(SAMPLE), "-p", "fireworks", "--json")
     assert code == 0, err
     assert json.loads(out)["model"] == "accounts/fireworks/models/qwen3-8b"
     assert "no model given: training qwen3-8b (accounts/fireworks/models/qwen3-8b)" in " ".join(err.split())
@@ -128,7 +122,7 @@ def test_a_model_nobody_knows_is_priced_by_its_size_band_only_saying_so() -> Non
 
 
 def test_an_unknown_model_estimate_exits_0_saying_the_price_is_unknown(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "estimate", str(SAMPLE), "-p", "together", "-m", "someorg/mystery")
+    code, out, err = run_cli(capsys, "estimate", str(SAMPLE), "-p", "together", "-m", "someorg/mystery")
     assert code == 0, err
     assert out.startswith("unknown") and "no price for" in " ".join(out.split())
 
@@ -137,7 +131,7 @@ def test_an_unknown_model_estimate_exits_0_saying_the_price_is_unknown(capsys: p
 
 
 def test_models_lists_names_by_backend_with_prices_and_context(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "models", "--json")
+    code, out, err = run_cli(capsys, "models", "--json")
     assert code == 0, err
     rows = json.loads(out)
     by = {(r["name"], r["provider"]): r for r in rows}
@@ -152,9 +146,9 @@ def test_models_lists_names_by_backend_with_prices_and_context(capsys: pytest.Ca
 
 def test_models_for_one_backend_only_and_an_unknown_backend_is_a_usage_error(
         capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "models", "-p", "replicate", "--json")
+    code, out, _ = run_cli(capsys, "models", "-p", "replicate", "--json")
     assert code == 0 and {r["provider"] for r in json.loads(out)} == {"replicate"}
-    code, _, err = run(capsys, "models", "-p", "nosuch")
+    code, _, err = run_cli(capsys, "models", "-p", "nosuch")
     assert code == 2 and "Unknown provider 'nosuch'" in err and "Traceback" not in err
-    code, out, _ = run(capsys, "models", "-p", "openai")
+    code, out, _ = run_cli(capsys, "models", "-p", "openai")
     assert code == 0 and "gpt-4o-mini" in out

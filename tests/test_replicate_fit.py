@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cli_helpers import run_cli
 from tests.contract.cases import REPLICATE
 from tests.fit_helpers import CREATE, MODELS, SAMPLE, make_tuner
-from tuneproxy import Ledger, cli
+from tuneproxy import Ledger
 from tuneproxy.recording import (
     Cassette,
     JsonBody,
@@ -39,12 +39,6 @@ def fit_cassette(scenario: str = "fit_happy_path") -> Cassette:
     return Cassette.load(cassette_path("replicate", scenario))
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    sys.argv = ["tuneproxy", *args]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 FIT_ARGS = ("fit", str(SAMPLE), "-p", "replicate", "-m", MODELS["replicate"], "--epochs", "3", "--batch-size", "8",
@@ -66,7 +60,7 @@ def test_the_fit_result_says_what_serving_costs_beyond_the_requests(capsys: pyte
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNEPROXY_CASSETTE", str(cassette_path("replicate", "fit_happy_path")))
     monkeypatch.setenv("REPLICATE_API_TOKEN", "test-key")
-    code, out, err = run(capsys, *FIT_ARGS, "--json")
+    code, out, err = run_cli(capsys, *FIT_ARGS, "--json")
     assert code == 0, err
     done = json.loads(out)
     assert done["status"] == "succeeded" and "idles" in done["serving_note"]
@@ -122,7 +116,7 @@ def test_a_bad_destination_or_trainer_is_exit_3_and_the_submission_is_marked_fai
         said: str) -> None:
     monkeypatch.setenv("TUNEPROXY_CASSETTE", str(scripted_until_create(tmp_path, answer)))
     monkeypatch.setenv("REPLICATE_API_TOKEN", "test-key")
-    code, out, err = run(capsys, *FIT_ARGS)
+    code, out, err = run_cli(capsys, *FIT_ARGS)
     assert code == 3 and said in err and "Traceback" not in err
     ((state, error),) = submissions()
     assert state == "failed" and said in (error or "")
@@ -134,14 +128,14 @@ def test_without_a_destination_fit_says_how_to_name_one_before_anything_is_sent(
     monkeypatch.delenv("REPLICATE_DESTINATION")
     monkeypatch.setenv("TUNEPROXY_CASSETTE", str(cassette_path("replicate", "fit_happy_path")))
     monkeypatch.setenv("REPLICATE_API_TOKEN", "test-key")
-    code, _, err = run(capsys, *FIT_ARGS)
+    code, _, err = run_cli(capsys, *FIT_ARGS)
     assert code == 2 and "REPLICATE_DESTINATION=owner/name" in err and "Traceback" not in err
     assert submissions() == []
 
 
 def test_an_estimate_needs_no_destination(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REPLICATE_DESTINATION")
-    code, out, err = run(capsys, "estimate", str(SAMPLE), "-p", "replicate", "-m", MODELS["replicate"], "--epochs",
+    code, out, err = run_cli(capsys, "estimate", str(SAMPLE), "-p", "replicate", "-m", MODELS["replicate"], "--epochs",
                          "3", "--json")
     assert code == 0, err
     estimate: dict[str, Any] = json.loads(out)

@@ -9,13 +9,12 @@ import io
 import json
 import re
 import sqlite3
-import sys
 
 import pytest
 from rich.console import Console
 
 import tuneproxy.spend
-from tuneproxy import cli
+from tests.cli_helpers import run_cli
 from tuneproxy.contract import Completion, CostEstimate, Deployment, GenerationParams, JobRecord, JobStatus, Usage
 from tuneproxy.ledger import Ledger
 from tuneproxy.providers.together import TogetherProvider
@@ -318,23 +317,16 @@ def test_the_table_fits_80_columns_even_on_a_wide_terminal(ledger):
 
 # -- the command ------------------------------------------------------------------------------------------
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """The CLI in-process, as the console script runs it: (exit code, stdout, stderr)."""
-    sys.argv = ["tuneproxy", *args]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_costs_on_an_empty_ledger_says_so_and_what_to_run(capsys):
-    code, out, err = run(capsys, "costs")
+    code, out, err = run_cli(capsys, "costs")
     assert code == 0 and err == ""
     assert out.startswith("No costs recorded yet.") and "tuneproxy fit" in out and "tuneproxy eval" in out
 
 
 def test_costs_prints_the_groups_the_estimates_and_what_is_still_billing(capsys, ledger):
-    code, out, _ = run(capsys, "costs")
+    code, out, _ = run_cli(capsys, "costs")
     assert code == 0
     assert max(len(line) for line in out.splitlines()) <= 80
     openai_row = next(line for line in out.splitlines() if "openai" in line)
@@ -348,13 +340,13 @@ def test_costs_prints_the_groups_the_estimates_and_what_is_still_billing(capsys,
 
 
 def test_a_group_of_only_unknown_charges_shows_unknown_not_zero(capsys, ledger):
-    code, out, _ = run(capsys, "costs", "--by", "job")
+    code, out, _ = run_cli(capsys, "costs", "--by", "job")
     ft_c_row = next(line for line in out.splitlines() if "ft-c" in line)  # the first: the groups' table
     assert code == 0 and "unknown" in ft_c_row and "$0.00" not in ft_c_row
 
 
 def test_costs_json_is_the_report(capsys, ledger):
-    code, out, _ = run(capsys, "costs", "--json", "--by", "job", "--since", "2026-10-31")
+    code, out, _ = run_cli(capsys, "costs", "--json", "--by", "job", "--since", "2026-10-31")
     data = json.loads(out)
     assert code == 0 and (data["by"], data["since"]) == ("job", "2026-10-31")
     assert {g["key"]: g["training_usd"] for g in data["groups"]} == {"ft-a": 5.0, None: 0.0, "ftjob-b": 1.5,
@@ -363,14 +355,14 @@ def test_costs_json_is_the_report(capsys, ledger):
 
 
 def test_costs_since_a_day_with_nothing_says_so(capsys, ledger):
-    code, out, _ = run(capsys, "costs", "--since", "2027-01-01")
+    code, out, _ = run_cli(capsys, "costs", "--since", "2027-01-01")
     assert code == 0 and out.startswith("No costs incurred since 2027-01-01")
 
 
 @pytest.mark.parametrize(("args", "message"), [(("--by", "week"), "--by"), (("--since", "yesterday"), "--since"),
                                                (("--since", "2026-02-30"), "--since")])
 def test_costs_with_a_bad_option_is_a_usage_error(capsys, args, message):
-    code, _, err = run(capsys, "costs", *args)
+    code, _, err = run_cli(capsys, "costs", *args)
     assert code == 2 and message in err and "Traceback" not in err
 
 
@@ -378,7 +370,7 @@ def test_a_cost_row_that_cannot_be_read_is_one_warning_line_and_the_rest_is_repo
     ledger.db.execute("INSERT INTO costs (recorded_at, provider, job_id, kind, usd, basis) VALUES "
                       "('not a time', 'together', 'ft-x', 'billed', 'a lot', 'by hand')")
     bad = ledger.db.execute("SELECT max(id) FROM costs").fetchone()[0]
-    code, out, err = run(capsys, "costs", "--json")
+    code, out, err = run_cli(capsys, "costs", "--json")
     assert code == 0 and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and f"costs {bad}" in err and f"DELETE FROM costs WHERE id = {bad}" in err
     data = json.loads(out)
@@ -391,6 +383,6 @@ def test_a_deployment_row_that_cannot_be_read_leaves_the_others_counted(capsys, 
     db.execute("UPDATE deployments SET created_at = 'last week' WHERE deployment_id = 'dep-1'")
     db.commit()
     db.close()
-    code, out, err = run(capsys, "costs")
+    code, out, err = run_cli(capsys, "costs")
     assert code == 0 and "dep-1" in err and "internal error" not in err
     assert "dep-2" in out and "$1.50" in out

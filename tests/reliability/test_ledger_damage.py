@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import sqlite3
 import stat
-import sys
 
 import pytest
 
-from tuneproxy import cli
+from tests.cli_helpers import run_cli
 from tuneproxy.errors import LedgerUnusable
 from tuneproxy.ledger import Ledger
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    sys.argv = ["tuneproxy", *args]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 def _unchanged_after_jobs_list(capsys, path) -> str:
     before = path.read_bytes()
-    code, _, err = run(capsys, "jobs", "list")
+    code, _, err = run_cli(capsys, "jobs", "list")
     assert code == 2 and "Traceback" not in err and "internal error" not in err
     assert path.read_bytes() == before
     return err
