@@ -1,7 +1,7 @@
 """The main job, end to end on the bundled sample: what `make demo` runs.
 
 1. Validate fixtures/datasets/sample.jsonl against every provider's rules, with exact token statistics.
-2. Estimate what fine-tuning it would cost on each provider (Replicate by the second on its trainer's hardware).
+2. The cost desk: what fine-tuning it would cost on every backend, side by side, before anything is paid.
 3. Fine-tune SmolLM2-135M-Instruct locally, then evaluate it against its base and a few-shot base per
    category, into an HTML report (when the local backend is installed). Each stage prints its time.
 Everything runs offline; state goes to ./.tuneproxy-demo.
@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TUNEPROXY_HOME", str(ROOT / ".tuneproxy-demo"))
 
 from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
 from tuneproxy import Tuner, registry, validate  # noqa: E402
 from tuneproxy.render import show_report  # noqa: E402
@@ -43,19 +42,14 @@ def validate_everywhere(console: Console) -> None:
 
 
 def estimates(console: Console) -> None:
-    table = Table(title="What 3 epochs on the sample would cost (before anything is paid)")
-    for col in ("provider", "model", "USD", "how"):
-        table.add_column(col, overflow="fold")
-    for name in ("openai", "together", "fireworks", "replicate"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SunsetWarning)  # the sunset is in the table's basis column
-            tuner = Tuner(name, MODELS[name], epochs=3, show_progress=False)
-            estimate = tuner.estimate(SAMPLE)
-        usd = "unknown" if estimate.usd is None else f"{estimate.usd:.4f}"
-        if estimate.usd_low is not None and estimate.usd_high is not None and estimate.usd_low != estimate.usd_high:
-            usd += f" ({estimate.usd_low:.4f}–{estimate.usd_high:.4f})"
-        table.add_row(name, MODELS[name], usd, estimate.basis)
-    console.print(table)
+    """The cost desk: the sample read and counted once, then every backend's default model priced side by side
+    (what `tuneproxy estimate fixtures/datasets/sample.jsonl --all` prints)."""
+    from tuneproxy.render import desk_table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SunsetWarning)  # the sunset is in OpenAI's row's basis
+        desk = Tuner.estimate_all(SAMPLE, epochs=3)
+    console.print(desk_table(desk))
 
 
 def main() -> int:
