@@ -87,3 +87,37 @@ def test_estimate_all_benchmark_quick():
     figure(out, rf"^baseline\s+validate alone \(exact o200k_base counts\): {NUMBER} s")
     figure(out, rf"^ours\s+estimate --all \(5 backends, counted once\): {NUMBER} s")
     figure(out, rf"^ratio\s+estimate --all / validate = {NUMBER} \(goal: at most 1.10\)")
+
+
+def test_gpu_check_quick():
+    pytest.importorskip("torch")
+    out = run_quick("gpu_check.py")
+    assert "quick mode" in out and "NOT GPU figures" in out, out
+    figure_lines = [ln for ln in out.splitlines() if "tuneproxy" in ln and "baseline" in ln and "ratio" in ln]
+    assert figure_lines and all(ln.startswith("[cpu] ") for ln in figure_lines), out  # never passed off as GPU
+    assert re.search(r"^\[cpu\] device: cpu$", out, re.MULTILINE), out
+    assert re.search(r"^\[cpu\] versions: torch \S+, transformers \S+, peft \S+, bitsandbytes ", out, re.MULTILINE), out
+    for label in ("effective tokens/s", "peak memory GiB", "train seconds"):
+        prefix = rf"^\[cpu\] {re.escape(label)}\s+"
+        figure(out, rf"{prefix}tuneproxy {NUMBER}\s+baseline [0-9.,]+\s+ratio [0-9.]+x$")
+        figure(out, rf"{prefix}tuneproxy [0-9.,]+\s+baseline {NUMBER}\s+ratio [0-9.]+x$")
+        figure(out, rf"{prefix}tuneproxy [0-9.,]+\s+baseline [0-9.,]+\s+ratio {NUMBER}x$")
+    # both trainers saw exactly the same examples; what each really used is printed
+    assert re.search(r"^\[cpu\] both ran the same [0-9,]+ real \(non-padding\) tokens$", out, re.MULTILINE), out
+    for name in ("tuneproxy", "baseline"):
+        assert re.search(rf"^\[cpu\]\s+{name}\s+quantization none, .*gradient checkpointing on, optimizer AdamW",
+                         out, re.MULTILINE), out
+    assert re.search(r"^\[cpu\] model ~0.5B: skipped: ", out, re.MULTILINE), out
+    assert re.search(r"^\[cpu\] DDP on 2 GPUs: not run on CPU; .*not built", out, re.MULTILINE), out
+
+
+def test_gpu_check_without_cuda_exits_with_a_message():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the full check would run")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 2, out
+    assert "CUDA is not available" in out.stderr and "--quick" in out.stderr, out.stderr
+    assert "tokens/s" not in out.stdout, out.stdout  # no figure is printed

@@ -781,6 +781,59 @@ def eval_(
             console.print(f"Report written to {path}", highlight=False)
 
 
+@app.command("serve")
+def serve_command(
+    job_ids: Annotated[list[str] | None, typer.Argument(
+        metavar="[JOB_ID]...", show_default=False,
+        help="Succeeded local jobs whose adapters to serve (default: every one the ledger knows, from --base if "
+             "given).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    base: Annotated[str | None, typer.Option(help="The base model, served too (default: the jobs' own).")] = None,
+) -> None:
+    """Serve local tuned adapters and their base over OpenAI's chat API (GET /v1/models, POST
+    /v1/chat/completions, streaming too), batching concurrent requests. Each adapter is named local:<job-id>.
+    On a GPU with vLLM installed, `vllm serve BASE --enable-lora --lora-modules local:<job-id>=<adapter folder>`
+    serves the same adapters faster; this command does not launch it."""
+    from tuneproxy.contract import JobStatus
+    from tuneproxy.ledger import Ledger
+    from tuneproxy.local_backend.serve import serve, served_models, tuned_from
+    from tuneproxy.registry import create
+
+    explicit, ledger = bool(job_ids), Ledger()
+    ids = job_ids or [r.job_id for r in ledger.jobs("local", limit=10_000)]
+    jobs = []
+    for job_id in ids:
+        known = ledger.job(job_id)
+        if known.provider != "local":
+            raise ConfigError(f"Job {job_id} ran on {known.provider}; `tuneproxy serve` serves local jobs only.")
+        job = _attach(job_id)
+        try:
+            record = job.refresh()
+        except TuneproxyError:
+            if explicit:
+                raise
+            continue  # its folder was deleted: nothing to serve
+        if record.status is JobStatus.SUCCEEDED:
+            jobs.append(job)
+        elif explicit:
+            raise ConfigError(f"Job {job_id} is {record.raw_status}; only a succeeded job has an adapter to serve.")
+    adapters = [job.provider.endpoint(job.record.tuned_model) for job in jobs]
+    if base is None and not adapters:
+        raise ConfigError("Nothing to serve: no succeeded local job in the ledger. Name a base model with --base.")
+    base = base or jobs[0].record.base_model
+    if not explicit:
+        adapters = [a for a in adapters if tuned_from(a, base)]
+    provider = jobs[0].provider if jobs else create("local")
+    models = served_models(provider.endpoint(base), adapters)
+    url = f"http://{host}:{port}/v1"
+    console.print(f"Serving {len(models)} model(s) at {url} (OpenAI's chat API; Ctrl-C stops):", highlight=False)
+    for model in models:
+        console.print(f"  {model.name}" + (f"  (adapter on {model.parent})" if model.parent else "  (base)"),
+                      highlight=False, soft_wrap=True)
+    serve(models, host=host, port=port)
+
+
 @app.command("init")
 def init_command(
     path: Annotated[Path, typer.Argument(help="File to write (a folder gets tuneproxy.toml in it).")]
