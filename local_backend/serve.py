@@ -309,3 +309,49 @@ def serve(models: Sequence[ServedModel], *, host: str = "127.0.0.1", port: int =
     import uvicorn
 
     uvicorn.run(create_app(models, gather_s=gather_s), host=host, port=port, log_level="info")
+
+
+def serve_from_ledger(job_ids: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, base: str | None = None,
+                      console: Any = None) -> None:
+    """``tuneproxy serve``: serve the adapters of these succeeded local jobs (none: every one the ledger knows,
+    those tuned from ``base`` when it is given) and their base, saying on ``console`` (a rich Console) where
+    and what. A job that is not a succeeded local one is a ConfigError; with nothing to serve, too."""
+    from tuneproxy.contract import JobStatus
+    from tuneproxy.errors import ConfigError, TuneproxyError
+    from tuneproxy.jobs import Job
+    from tuneproxy.ledger import Ledger
+    from tuneproxy.registry import create
+
+    explicit, ledger = bool(job_ids), Ledger()
+    ids = job_ids or [r.job_id for r in ledger.jobs("local", limit=10_000)]
+    jobs = []
+    for job_id in ids:
+        known = ledger.job(job_id)
+        if known.provider != "local":
+            raise ConfigError(f"Job {job_id} ran on {known.provider}; `tuneproxy serve` serves local jobs only.")
+        job = Job.attach(job_id)
+        try:
+            record = job.refresh()
+        except TuneproxyError:
+            if explicit:
+                raise
+            continue  # its folder was deleted: nothing to serve
+        if record.status is JobStatus.SUCCEEDED:
+            jobs.append(job)
+        elif explicit:
+            raise ConfigError(f"Job {job_id} is {record.raw_status}; only a succeeded job has an adapter to serve.")
+    adapters = [job.provider.endpoint(job.record.tuned_model) for job in jobs]
+    if base is None and not adapters:
+        raise ConfigError("Nothing to serve: no succeeded local job in the ledger. Name a base model with --base.")
+    base = base or jobs[0].record.base_model
+    if not explicit:
+        adapters = [a for a in adapters if tuned_from(a, base)]
+    provider = jobs[0].provider if jobs else create("local")
+    models = served_models(provider.endpoint(base), adapters)
+    url = f"http://{host}:{port}/v1"
+    console.print(f"Serving {len(models)} model(s) at {url} (OpenAI's chat API; Ctrl-C stops):", highlight=False)
+    for model in models:
+        console.print(f"  {model.name}" + (f"  (adapter on {model.parent})" if model.parent else "  (base)"),
+                      highlight=False, soft_wrap=True)
+    serve(models, host=host, port=port)
+

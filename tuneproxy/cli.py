@@ -795,43 +795,9 @@ def serve_command(
     /v1/chat/completions, streaming too), batching concurrent requests. Each adapter is named local:<job-id>.
     On a GPU with vLLM installed, `vllm serve BASE --enable-lora --lora-modules local:<job-id>=<adapter folder>`
     serves the same adapters faster; this command does not launch it."""
-    from tuneproxy.contract import JobStatus
-    from tuneproxy.ledger import Ledger
-    from tuneproxy.local_backend.serve import serve, served_models, tuned_from
-    from tuneproxy.registry import create
+    from tuneproxy import registry
 
-    explicit, ledger = bool(job_ids), Ledger()
-    ids = job_ids or [r.job_id for r in ledger.jobs("local", limit=10_000)]
-    jobs = []
-    for job_id in ids:
-        known = ledger.job(job_id)
-        if known.provider != "local":
-            raise ConfigError(f"Job {job_id} ran on {known.provider}; `tuneproxy serve` serves local jobs only.")
-        job = _attach(job_id)
-        try:
-            record = job.refresh()
-        except TuneproxyError:
-            if explicit:
-                raise
-            continue  # its folder was deleted: nothing to serve
-        if record.status is JobStatus.SUCCEEDED:
-            jobs.append(job)
-        elif explicit:
-            raise ConfigError(f"Job {job_id} is {record.raw_status}; only a succeeded job has an adapter to serve.")
-    adapters = [job.provider.endpoint(job.record.tuned_model) for job in jobs]
-    if base is None and not adapters:
-        raise ConfigError("Nothing to serve: no succeeded local job in the ledger. Name a base model with --base.")
-    base = base or jobs[0].record.base_model
-    if not explicit:
-        adapters = [a for a in adapters if tuned_from(a, base)]
-    provider = jobs[0].provider if jobs else create("local")
-    models = served_models(provider.endpoint(base), adapters)
-    url = f"http://{host}:{port}/v1"
-    console.print(f"Serving {len(models)} model(s) at {url} (OpenAI's chat API; Ctrl-C stops):", highlight=False)
-    for model in models:
-        console.print(f"  {model.name}" + (f"  (adapter on {model.parent})" if model.parent else "  (base)"),
-                      highlight=False, soft_wrap=True)
-    serve(models, host=host, port=port)
+    registry.server()(job_ids or [], host=host, port=port, base=base, console=console)
 
 
 @app.command("init")

@@ -31,6 +31,8 @@ ENTRY_POINT_GROUP = "tuneproxy.providers"
 
 # Not a provider but a protocol: a model behind any OpenAI-compatible server (vLLM, Ollama, LM Studio).
 URL_ENDPOINT = "tuneproxy.providers.compatible:compatible_endpoint"
+# `tuneproxy serve`: the local backend's OpenAI-compatible server for the adapters it tuned.
+SERVER = "tuneproxy.local_backend.serve:serve_from_ledger"
 
 
 def _targets() -> dict[str, str]:
@@ -100,6 +102,14 @@ def create(name: str, options: ProviderOptions | Mapping[str, Any] | None = None
         if api_key is None and require_key:
             raise MissingCredentials(cls.CAPABILITIES.display_name, credentials.env_var)
     return cls(options, api_key=api_key, transport=transport, clock=clock, sleep=sleep)
+
+
+def server() -> Callable[..., None]:
+    """``tuneproxy serve``'s implementation: the local backend's OpenAI-compatible server for its tuned
+    adapters (:data:`SERVER`, imported now, not before)."""
+    module_name, _, attr = SERVER.partition(":")
+    serve: Callable[..., None] = getattr(importlib.import_module(module_name), attr)
+    return serve
 
 
 def url_endpoint(base_url: str, model: str, **options: Any) -> Endpoint:
