@@ -800,6 +800,21 @@ def serve_command(
     registry.server()(job_ids or [], host=host, port=port, base=base, console=console)
 
 
+@app.command("export")
+def export_command(
+    job_id: Annotated[str, typer.Argument(help="A succeeded local job (id or unique prefix).")],
+    format_: Annotated[str, typer.Option("--format", help="adapter (PEFT folder for vLLM/peft), merged (the full "
+                                                          "model, safetensors) or gguf (llama.cpp/Ollama).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (must be empty unless --force).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Export a succeeded local job's tuned model: its PEFT adapter, the base with the adapter merged in, or
+    GGUF (not built: it says how to convert the merged folder with llama.cpp's convert_hf_to_gguf.py)."""
+    from tuneproxy import registry
+
+    registry.exporter()(job_id, format_, out, force=force, console=console)
+
+
 @app.command("init")
 def init_command(
     path: Annotated[Path, typer.Argument(help="File to write (a folder gets tuneproxy.toml in it).")]

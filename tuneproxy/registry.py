@@ -33,6 +33,8 @@ ENTRY_POINT_GROUP = "tuneproxy.providers"
 URL_ENDPOINT = "tuneproxy.providers.compatible:compatible_endpoint"
 # `tuneproxy serve`: the local backend's OpenAI-compatible server for the adapters it tuned.
 SERVER = "tuneproxy.local_backend.serve:serve_from_ledger"
+# `tuneproxy export`: writes a succeeded local job's adapter, merged model or GGUF.
+EXPORTER = "tuneproxy.local_backend.export:export_from_ledger"
 
 
 def _targets() -> dict[str, str]:
@@ -110,6 +112,13 @@ def server() -> Callable[..., None]:
     module_name, _, attr = SERVER.partition(":")
     serve: Callable[..., None] = getattr(importlib.import_module(module_name), attr)
     return serve
+
+
+def exporter() -> Callable[..., Any]:
+    """``tuneproxy export``'s implementation: the local backend's exporter (:data:`EXPORTER`, imported now)."""
+    module_name, _, attr = EXPORTER.partition(":")
+    export: Callable[..., Any] = getattr(importlib.import_module(module_name), attr)
+    return export
 
 
 def url_endpoint(base_url: str, model: str, **options: Any) -> Endpoint:
