@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_local_generate.py
 	$(BIN)/python benchmarks/bench_estimate_all.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .tuneproxy-demo

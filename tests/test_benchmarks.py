@@ -121,3 +121,19 @@ def test_gpu_check_without_cuda_exits_with_a_message():
     assert out.returncode == 2, out
     assert "CUDA is not available" in out.stderr and "--quick" in out.stderr, out.stderr
     assert "tokens/s" not in out.stdout, out.stdout  # no figure is printed
+
+
+def test_serve_benchmark_quick():
+    pytest.importorskip("torch")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("openai")
+    out = run_quick("bench_serve.py")
+    assert "quick mode" in out and re.search(r"^\[\w+\] answers/s", out, re.MULTILINE), out
+    for label in ("tuneproxy serve, 8 concurrent AsyncOpenAI clients",
+                  "in-process endpoint.complete, one at a time (baseline)",
+                  "in-process endpoint.complete_many, batch 8 (reference)"):
+        figure(out, rf"^\s+{re.escape(label)}\s+{NUMBER}\s")  # answers/s
+    figure(out, rf"^\s+ratio serve / one-at-a-time baseline: {NUMBER}x$")
+    figure(out, rf"^\s+ratio serve / in-process complete_many \(reference\): {NUMBER}x$")
+    # greedy on the same model: the server's batches must not change the answers
+    assert re.search(r"same text as the baseline: serve (\d+)/\1, complete_many \1/\1", out), out
