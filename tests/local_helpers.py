@@ -135,6 +135,24 @@ def follow(provider: Any, job_id: str, until: Any = None, timeout_s: float = 240
         provider.sleep(poll_s)
 
 
+def trained_tiny_adapter(root: Path, intent_id: str, learning_rate: float = 1e-2) -> tuple[Any, Path, Any]:
+    """A tiny base model built under ``root`` and a LocalProvider (home ``root/tuneproxy-home/local``, where the
+    CLI looks) holding one succeeded job whose adapter trained for 2 steps on 16 tickets: (provider, model
+    folder, the job's record)."""
+    from tuneproxy.contract import JobSpec, JobStatus
+    from tuneproxy.local_backend.provider import LocalProvider
+
+    model_dir = build_model_folder(root / "model", ticket_words())
+    provider = LocalProvider({"home": root / "tuneproxy-home" / "local", "max_steps": 2})
+    training = provider.upload(write_jsonl(root / "train.jsonl", ticket_records(16))).id
+    record = provider.submit(JobSpec(model=str(model_dir), training_file=training, intent_id=intent_id,
+                                     hyperparameters={"epochs": 1, "learning_rate": learning_rate, "batch_size": 8,
+                                                      "lora_rank": 4}))
+    record = follow(provider, record.job_id)
+    assert record.status == JobStatus.SUCCEEDED, record.error
+    return provider, model_dir, record
+
+
 def make_job_folder(home: Path, job_id: str, model: str = "some-model", **state: Any) -> Path:
     """A job folder as ``submit`` leaves it, with ``state`` as its state.json and no worker."""
     from tuneproxy.local_backend.jobfiles import JobFiles, write_json_atomic

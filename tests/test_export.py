@@ -10,14 +10,11 @@ import pytest
 
 from tests.cli_helpers import run_cli
 from tests.local_helpers import (
-    build_model_folder,
-    follow,
     make_job_folder,
     ticket_records,
-    ticket_words,
-    write_jsonl,
+    trained_tiny_adapter,
 )
-from tuneproxy.contract import JobRecord, JobSpec, JobStatus
+from tuneproxy.contract import JobRecord, JobStatus
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -30,7 +27,6 @@ from tuneproxy.errors import ConfigError  # noqa: E402
 from tuneproxy.ledger import Ledger  # noqa: E402
 from tuneproxy.local_backend import export as export_module  # noqa: E402
 from tuneproxy.local_backend.export import export_adapter, export_job, export_merged  # noqa: E402
-from tuneproxy.local_backend.provider import LocalProvider  # noqa: E402
 
 PROMPTS = [r["messages"][:2] for r in ticket_records(3, seed=9)]
 MAX_TOKENS = 8
@@ -39,15 +35,8 @@ MAX_TOKENS = 8
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny base model and a provider holding one succeeded job whose adapter trained for 2 steps."""
-    root = tmp_path_factory.mktemp("export")
-    model_dir = build_model_folder(root / "model", ticket_words())
-    provider = LocalProvider({"home": root / "tuneproxy-home" / "local", "max_steps": 2})  # where the CLI looks
-    training = provider.upload(write_jsonl(root / "train.jsonl", ticket_records(16))).id
-    record = provider.submit(JobSpec(model=str(model_dir), training_file=training, intent_id="export-1",
-                                     hyperparameters={"epochs": 1, "learning_rate": 5e-2, "batch_size": 8,
-                                                      "lora_rank": 4}))
-    record = follow(provider, record.job_id)
-    assert record.status == JobStatus.SUCCEEDED, record.error
+    provider, model_dir, record = trained_tiny_adapter(tmp_path_factory.mktemp("export"), "export-1",
+                                                       learning_rate=5e-2)
     return provider, model_dir, record.job_id
 
 

@@ -12,8 +12,12 @@ import time
 import pytest
 
 from tests.cli_helpers import run_cli
-from tests.local_helpers import build_model_folder, follow, ticket_records, ticket_words, write_jsonl
-from tuneproxy.contract import JobSpec, JobStatus
+from tests.local_helpers import (
+    build_model_folder,
+    ticket_records,
+    ticket_words,
+    trained_tiny_adapter,
+)
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -35,15 +39,7 @@ GREEDY = {"max_tokens": 8, "temperature": 0}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny base model and a provider holding one succeeded job whose adapter trained for 2 steps."""
-    root = tmp_path_factory.mktemp("serve")
-    model_dir = build_model_folder(root / "model", ticket_words())
-    provider = LocalProvider({"home": root / "tuneproxy-home" / "local", "max_steps": 2})  # where the CLI looks
-    training = provider.upload(write_jsonl(root / "train.jsonl", ticket_records(16))).id
-    record = provider.submit(JobSpec(model=str(model_dir), training_file=training, intent_id="serve-1",
-                                     hyperparameters={"epochs": 1, "learning_rate": 1e-2, "batch_size": 8,
-                                                      "lora_rank": 4}))
-    record = follow(provider, record.job_id)
-    assert record.status == JobStatus.SUCCEEDED, record.error
+    provider, model_dir, record = trained_tiny_adapter(tmp_path_factory.mktemp("serve"), "serve-1")
     return provider, str(model_dir), record.tuned_model
 
 
