@@ -90,8 +90,8 @@ def test_serving_and_requirements_say_how_each_backend_serves() -> None:
 def test_what_a_backend_would_refuse_is_said_on_its_row(tmp_path: Path) -> None:
     desk = Tuner.estimate_all(write(tmp_path / "two.jsonl", 2), providers=["openai", "fireworks"])
     by = {r.provider: r for r in desk.rows}
-    assert "it needs at least 10 examples" in by["openai"].problems
-    assert "it needs at least 3 examples" in by["fireworks"].problems
+    assert by["openai"].problems == ["2 valid examples; OpenAI needs at least 10. Add more examples."]
+    assert by["fireworks"].problems == ["2 valid examples; Fireworks AI needs at least 3. Add more examples."]
 
 
 def test_a_backend_that_cannot_be_built_is_a_row_with_its_error_not_a_failure() -> None:

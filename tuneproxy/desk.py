@@ -137,7 +137,7 @@ def _row(tuner: Any, report: Any, counted: dict[Any, Stats], data: Any) -> DeskR
     row = DeskRow(provider=tuner.provider_name, display_name=caps.display_name, model=tuner.model,
                   portable=tuner.model_choice.portable, epochs=epochs, billable_tokens=stats.billable_tokens(epochs),
                   tokenizer=stats.tokenizer, exact=stats.exact, error_bound=stats.error_bound,
-                  problems=_problems(caps.rules, report, stats, tuner.model, data))
+                  problems=_problems(caps.rules, report, stats, tuner.model, data, caps.display_name))
     try:
         row.estimate = tuner.estimate_from(stats, report.format or "chat", check=False)
         row.rate = _rate(provider, tuner.model, row.estimate)
@@ -164,19 +164,16 @@ def _rate(provider: Any, model: str, estimate: CostEstimate) -> str | None:
     return f"{price.rate()} ({price.selector()}, {price.as_of})" if price is not None else "no price known"
 
 
-def _problems(rules: DatasetRules, report: Any, stats: Stats, model: str, data: Any) -> list[str]:
-    """What this backend's own rules would refuse, from the figures already known (a full check is
-    ``tuneproxy validate -p``)."""
-    found = []
-    if report.format and report.format not in rules.formats:
-        found.append(f"it does not train on {report.format} examples")
-    if stats.examples < rules.min_examples:
-        found.append(f"it needs at least {rules.min_examples} examples")
-    if rules.max_examples is not None and stats.examples > rules.max_examples:
-        found.append(f"it takes at most {rules.max_examples:,} examples")
-    if rules.max_file_bytes is not None and isinstance(data, (str, Path)) and Path(data).is_file() \
-            and Path(data).stat().st_size > rules.max_file_bytes:
-        found.append(f"the file is over its {rules.upload_path} limit")
+def _problems(rules: DatasetRules, report: Any, stats: Stats, model: str, data: Any, service: str) -> list[str]:
+    """What this backend's own rules would refuse, from the figures already known: the format, the dataset-level
+    rules validation applies (:func:`tuneproxy.dataset.validate.size_findings`), the longest example against the
+    model's context (a full check is ``tuneproxy validate -p``)."""
+    from tuneproxy.dataset.validate import size_findings
+
+    found = [f"it does not train on {report.format} examples"] if report.format and \
+        report.format not in rules.formats else []
+    size = Path(data).stat().st_size if isinstance(data, (str, Path)) and Path(data).is_file() else None
+    found += [f.message for f in size_findings(stats.examples, size, rules, service) if f.severity == "error"]
     context = rules.context_for(model)
     if context is not None and stats.tokens_max > context:
         found.append(f"the longest example ({stats.tokens_max:,} tokens) is over its {context:,}-token context")

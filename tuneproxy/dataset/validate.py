@@ -190,12 +190,8 @@ def validate(
     finally:
         for part in parts:
             Path(part.fingerprints).unlink(missing_ok=True)
-    if check_size:
-        _dataset_rules(examples, rules, service, findings)
     size = path.stat().st_size if path is not None else None
-    if size is not None and rules.max_file_bytes and size > rules.max_file_bytes:
-        findings.add(finding("file-too-large", 0, "", f"The file is {size:,} bytes; {service} accepts at most "
-                             f"{rules.max_file_bytes:,} through {rules.upload_path}. Split it or trim it."))
+    findings.extend(size_findings(examples if check_size else None, size, rules, service))
     hist = sum((p.hist for p in parts), Counter())
     stats = Stats(
         examples=examples, total_tokens=sum(p.total_tokens for p in parts),
@@ -344,16 +340,24 @@ def _scan_each(example: Example, texts: list[str], findings: Findings) -> None:
             findings.extend(scan_text(text, example.line, f"messages[{i}].content"))
 
 
-def _dataset_rules(n: int, rules: DatasetRules, service: str | None, findings: Findings) -> None:
+def size_findings(n: int | None, file_bytes: int | None, rules: DatasetRules,
+                  service: str | None) -> list[Finding]:
+    """The dataset-level rules: ``n`` valid examples against the service's minimum and maximum (None: not
+    checked), and a file of ``file_bytes`` against its upload limit (None: not a file)."""
+    found = []
     if n and n < rules.min_examples:
-        findings.add(finding("below-service-minimum", 0, "", f"{n} valid examples; {service} needs at least "
+        found.append(finding("below-service-minimum", 0, "", f"{n} valid examples; {service} needs at least "
                              f"{rules.min_examples}. Add more examples."))
-    if rules.max_examples and n > rules.max_examples:
-        findings.add(finding("above-service-maximum", 0, "", f"{n:,} examples; {service} accepts at most "
+    if n is not None and rules.max_examples and n > rules.max_examples:
+        found.append(finding("above-service-maximum", 0, "", f"{n:,} examples; {service} accepts at most "
                              f"{rules.max_examples:,}. Sample down or split the job."))
-    if 0 < n < FEW_EXAMPLES:
-        findings.add(finding("few-examples", 0, "", f"Only {n} valid examples: fine-tuning usually needs a few "
+    if n is not None and 0 < n < FEW_EXAMPLES:
+        found.append(finding("few-examples", 0, "", f"Only {n} valid examples: fine-tuning usually needs a few "
                              "hundred to generalise. Add more, or expect a model that overfits."))
+    if file_bytes is not None and rules.max_file_bytes and file_bytes > rules.max_file_bytes:
+        found.append(finding("file-too-large", 0, "", f"The file is {file_bytes:,} bytes; {service} accepts at "
+                             f"most {rules.max_file_bytes:,} through {rules.upload_path}. Split it or trim it."))
+    return found
 
 
 def _holdout_fingerprints(holdout: str | Path | Iterable[dict[str, Any]]) -> dict[int, int]:
