@@ -302,12 +302,6 @@ class ReplicateProvider(SDKProvider):
                 "or pass `-o destination=owner/name` (Python: provider_options={'destination': ...}); add "
                 "`-o create_destination=true` to have tuneproxy create it as a private model.")
 
-    def check(self, spec: JobSpec) -> list[str]:
-        """The model must be a trainer: owner/name or owner/name:<version id>."""
-        if not _MODEL_REF.fullmatch(spec.model):
-            return [f"{spec.model!r} is not a Replicate trainer: give owner/name or owner/name:<version id>."]
-        return []
-
     def submit_problems(self) -> list[str]:
         """A destination must be named before anything is uploaded (an estimate needs none)."""
         return [] if self.replicate_options.destination or os.environ.get(DESTINATION_ENV) else [self._no_destination()]

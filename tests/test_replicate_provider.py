@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.contract.cases import REPLICATE, REPLICATE_VERSION, HappyRun, paths, run_happy_path, sent, training_file
+from tuneproxy import Tuner
 from tuneproxy.contract import GenerationParams, Hyperparameters, Stats
 from tuneproxy.costs import bill_for, price_estimate
 from tuneproxy.dataset.examples import Example
@@ -175,8 +176,9 @@ def test_without_a_destination_the_check_says_how_to_name_one(monkeypatch: pytes
     assert p.submit_problems() == [] and p.destination == "acme/support-bot"
 
 
-def test_a_model_that_is_not_owner_name_is_a_check_problem() -> None:
-    assert provider().check(REPLICATE.spec().model_copy(update={"model": "llama-2-7b"}))
+def test_a_model_that_is_not_owner_name_is_refused_before_anything() -> None:
+    with pytest.raises(ConfigError, match="Replicate trains a trainer named owner/name"):
+        Tuner("replicate", "llama-2-7b-hf")
 
 
 # --------------------------------------------------------------------------- a configurable trainer
