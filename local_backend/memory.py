@@ -30,22 +30,26 @@ class MemoryPlan:
     overhead: int
     available: int
     where: str
+    copies: int = 1  # processes sharing ``available`` (several training processes on one CPU machine)
 
     @property
     def total(self) -> int:
+        """Bytes one process needs."""
         return self.weights + self.lora + self.optimizer + self.activations + self.overhead
 
     @property
     def fits(self) -> bool:
-        return self.total <= SAFETY * self.available
+        return self.total * self.copies <= SAFETY * self.available
 
     def describe(self) -> str:
         """The figures in GiB, in one line."""
         def g(n: int) -> str:
             return f"{n / GIB:.2f}"
-        return (f"needs ~{g(self.total)} GiB (weights {g(self.weights)}, LoRA {g(self.lora)}, gradients and "
+        each = " per process" if self.copies > 1 else ""
+        shared = f" × {self.copies} processes = {g(self.total * self.copies)} GiB" if self.copies > 1 else ""
+        return (f"needs ~{g(self.total)} GiB{each} (weights {g(self.weights)}, LoRA {g(self.lora)}, gradients and "
                 f"optimizer {g(self.optimizer)}, activations {g(self.activations)}, "
-                f"runtime {g(self.overhead)})"
+                f"runtime {g(self.overhead)}){shared}"
                 f" vs {g(self.available)} GiB available on {self.where}")
 
 
@@ -113,8 +117,9 @@ def system_ram_available() -> int:
 
 
 def plan(model: Any, *, targets: set[str], rank: int, quantization: str, device: str, dtype_bytes: int,
-         row_tokens: int, checkpointing: bool, limit_gb: float | None) -> MemoryPlan:
-    """The memory estimate for training ``model`` (meta or real) with these settings."""
+         row_tokens: int, checkpointing: bool, limit_gb: float | None, copies: int = 1) -> MemoryPlan:
+    """The memory estimate for training ``model`` (meta or real) with these settings, for each of ``copies``
+    processes sharing the memory (on a GPU each process has its own device: ``copies`` is 1)."""
     lora = lora_parameters(model, targets, rank)
     optimizer_bytes_per_param = 4 + (2 if device == "cuda" else 8)  # gradient + AdamW state (8-bit on GPU)
     available, where = available_memory(device, limit_gb)
@@ -126,6 +131,7 @@ def plan(model: Any, *, targets: set[str], rank: int, quantization: str, device:
         overhead=RUNTIME_OVERHEAD.get(device, 0),
         available=available,
         where=where,
+        copies=copies,
     )
 
 
@@ -134,6 +140,8 @@ def ensure_fits(memory: MemoryPlan, quantization: str, checkpointing: bool) -> N
     if memory.fits:
         return
     advice = ["lower max_seq_length (or pack_tokens)"]
+    if memory.copies > 1:
+        advice.insert(0, f"run fewer processes than {memory.copies} on this machine")
     if quantization != "nf4":
         advice.insert(0, "use quantization='nf4' (4-bit base weights)")
     if not checkpointing:

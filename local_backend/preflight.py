@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneproxy.errors import ConfigError
 from tuneproxy.local_backend import memory, models
 from tuneproxy.local_backend.errors import UnknownTargetModule
 from tuneproxy.local_backend.settings import TrainSettings
@@ -36,16 +37,31 @@ def resolve_targets(requested: list[str] | str, available: set[str]) -> list[str
     return list(requested)
 
 
-def plan_run(settings: TrainSettings, home: Path) -> RunPlan:
+def check_devices(settings: TrainSettings, device: str) -> None:
+    """Several processes on CUDA need a GPU each."""
+    if device != "cuda" or settings.processes == 1:
+        return
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if settings.processes > gpus:
+        raise ConfigError(f"processes={settings.processes} needs {settings.processes} GPUs (one per process) but "
+                          f"this machine has {gpus}; set processes to at most {gpus}, or device='cpu'.")
+
+
+def plan_run(settings: TrainSettings, home: Path, *, in_rank: bool = False) -> RunPlan:
     """Resolve the settings and check them; raises a clear error if the run cannot start.
 
-    The model is built on the meta device from its config, so no weights are downloaded or loaded.
+    The model is built on the meta device from its config, so no weights are downloaded or loaded. Memory is
+    planned per process: on CPU the job's processes share this machine's RAM, so the check is for all of
+    them, except inside a rank (``in_rank``), where the others' use already shows in what is free.
     """
     import torch
 
     source = models.resolve(settings.model)
     device = models.pick_device(settings.device)
     quantization = models.pick_quantization(settings.quantization, device)
+    check_devices(settings, device)
     checkpointing = settings.gradient_checkpointing
     if checkpointing is None:
         checkpointing = device == "cuda"
@@ -56,6 +72,7 @@ def plan_run(settings: TrainSettings, home: Path) -> RunPlan:
         model, targets=set(targets), rank=settings.lora_rank, quantization=quantization, device=device,
         dtype_bytes=dtype_bytes, row_tokens=settings.row_tokens, checkpointing=checkpointing,
         limit_gb=settings.memory_limit_gb,
+        copies=settings.processes if device == "cpu" and not in_rank else 1,
     )
     memory.ensure_fits(mem, quantization, checkpointing)
     return RunPlan(source, device, quantization, checkpointing, targets, mem)

@@ -356,10 +356,12 @@ class LocalProvider(Provider):
         status = self.status(raw)
         billable: list[Quantity] = []
         if status.terminal:  # the only thing a local run bills is time (tokens are shown, not billed)
-            billable.append(Quantity(kind="gpu_hours", amount=state.get("billable_seconds", 0.0) / 3600,
+            # wall-clock hours × the devices held: each process's GPU, or each machine on CPU
+            devices = state.get("billed_devices", 1)
+            billable.append(Quantity(kind="gpu_hours", amount=state.get("billable_seconds", 0.0) / 3600 * devices,
                                      hardware=state.get("device")))
         detail = {key: state.get(key) for key in ("step", "total_steps", "epoch", "train_loss", "valid_loss",
-                                                   "tokens_per_s", "eta_s", "trained_tokens")}
+                                                   "tokens_per_s", "eta_s", "trained_tokens", "processes")}
         detail.update(job_dir=str(files.root), memory_estimate=job.get("memory_estimate"))
         if status == JobStatus.SUCCEEDED:
             detail.update(adapter=str(files.path(ADAPTER_DIR)), summary=files.summary())
@@ -459,17 +461,29 @@ class LocalProvider(Provider):
                        "guessed because the model's size is unknown"),
             )
         flops = GPU_TRAINING_FLOPS if on_gpu else CPU_TRAINING_FLOPS
-        hours = tokens * 6 * params / flops / 3600
+        one = tokens * 6 * params / flops / 3600  # hours on one device
+        processes, nnodes = self.options.processes, self.options.nnodes
+        devices, wall = parallel_hours(one, processes, nnodes, on_gpu)
+        hours = wall * devices
         requirements = memory_requirements(params)
+        if processes > 1:
+            requirements += f"; that much per process, {processes} processes per machine"
         quantities.append(Quantity(kind="gpu_hours", amount=hours, low=hours / TIME_SPREAD,
                                    high=hours * TIME_SPREAD))
+        spread = ""
+        if processes * nnodes > 1:
+            unit = "GPU(s)" if on_gpu else "machine(s)"
+            shared = "" if on_gpu else "; the processes of one CPU machine share its cores"
+            spread = (f"; {processes * nnodes} processes: {wall * 60:.1f} min of wall time on {devices} {unit} "
+                      f"(data-parallel at {SCALING:.0%} efficiency{shared})")
         return CostEstimate(
             provider=self.name, model=spec.model, quantities=quantities, usd=None, authoritative=False,
-            wall_time_s=hours * 3600, requirements=requirements,
+            wall_time_s=wall * 3600, requirements=requirements,
             basis=(f"local training on {where}: {tokens:,} tokens ({epochs} epoch(s)) × 6 FLOP per parameter "
                    f"per token × {params:,} parameters ÷ {flops:.0e} FLOP/s (a typical effective rate on "
-                   f"{where}) ≈ {hours * 60:.1f} min, good to about ×{TIME_SPREAD:g} either way; the hours "
-                   "are priced at the option price_per_gpu_hour (default 0)"),
+                   f"{where}) ≈ {one * 60:.1f} min on one {'GPU' if on_gpu else 'machine'}{spread}, good to "
+                   f"about ×{TIME_SPREAD:g} either way; the hours are priced at the option price_per_gpu_hour "
+                   "(default 0)"),
         )
 
     def endpoint(self, model: str) -> Endpoint:
@@ -499,6 +513,16 @@ class LocalProvider(Provider):
             return LocalEndpoint(model, base=base, adapter=adapter_config.parent, **common)
         models.resolve(model)  # fail now, clearly, if the base model cannot be found
         return LocalEndpoint(model, base=model, **common)
+
+
+SCALING = 0.9  # data-parallel efficiency assumed for the time guess (an all-reduce of LoRA gradients per step)
+
+
+def parallel_hours(one: float, processes: int, nnodes: int, on_gpu: bool) -> tuple[int, float]:
+    """(devices billed, wall-clock hours) for a run that takes ``one`` hour on one device: each process
+    holds a GPU; on CPU the processes of a machine share its cores, so only more machines add speed."""
+    devices = processes * nnodes if on_gpu else nnodes
+    return devices, (one if devices == 1 else one / (devices * SCALING))
 
 
 # GPUs by memory, for saying which ones a run fits on (GiB as sold; a run plans for SAFETY of it).

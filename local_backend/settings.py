@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneproxy import paths
 from tuneproxy.contract import JobSpec, ProviderOptions
@@ -49,6 +49,25 @@ class TrainingOptions(BaseModel):
     memory_limit_gb: float | None = Field(
         None, gt=0, description="Memory to plan against instead of the detected GPU memory or RAM."
     )
+    processes: int = Field(
+        1, ge=1, le=64, description="Training processes on this machine (one per GPU on CUDA), data-parallel "
+                                    "through torchrun; default 1."
+    )
+    nnodes: int = Field(1, ge=1, le=1024, description="Machines taking part; more than 1 needs rdzv_endpoint.")
+    rdzv_endpoint: str | None = Field(
+        None, description="host:port where the machines of a several-node job meet (torchrun's c10d rendezvous)."
+    )
+
+    @model_validator(mode="after")
+    def _nodes_meet_somewhere(self) -> TrainingOptions:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"nnodes={self.nnodes} needs rdzv_endpoint='host:port', a port on the first machine "
+                             "that every machine can reach")
+        if self.rdzv_endpoint is not None:
+            host, sep, port = self.rdzv_endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"rdzv_endpoint {self.rdzv_endpoint!r} is not host:port (e.g. '10.0.0.1:29400')")
+        return self
 
 
 TRAINING_OPTIONS: tuple[str, ...] = tuple(TrainingOptions.model_fields)

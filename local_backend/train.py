@@ -26,6 +26,7 @@ from tuneproxy.dataset.validate import load_examples
 from tuneproxy.errors import DatasetError
 from tuneproxy.local_backend import models
 from tuneproxy.local_backend.collate import IGNORE, Encoded, collate_row, encode_chat, pack_rows
+from tuneproxy.local_backend.distributed import SINGLE, Group, shard
 from tuneproxy.local_backend.jobfiles import ADAPTER_DIR, CHECKPOINTS_DIR, MERGED_DIR, SUMMARY_FILE, JobFiles
 from tuneproxy.local_backend.preflight import RunPlan, plan_run
 from tuneproxy.local_backend.settings import TrainSettings
@@ -99,17 +100,18 @@ def row_tokens_of(rows: Sequence[Sequence[Encoded]]) -> int:
     return sum(len(e) for row in rows for e in row)
 
 
-def validation_loss(model: Any, rows: Sequence[Sequence[Encoded]], device: str) -> float:
-    """Mean loss per trained token over the holdout rows."""
+def validation_loss(model: Any, rows: Sequence[Sequence[Encoded]], device: str, group: Group = SINGLE) -> float:
+    """Mean loss per trained token over the holdout rows (each rank scores its share of them)."""
     import torch
 
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad(), autocast(device):
-        for row in rows:
+        for row in shard(rows, group.rank, group.world):
             total += float(loss_sum(model, collate_row(row), device))
             count += sum(e.trained_tokens for e in row)
     model.train()
+    total, count = group.sum([total, count])
     return total / max(count, 1)
 
 
@@ -257,14 +259,17 @@ class Trainer:
     home: Path
     should_stop: Callable[[], bool] = never
     on_step: Callable[[int], None] | None = None
+    group: Group = SINGLE  # this process's rank among the job's processes (distributed); rank 0 reports
     model: Any = field(default=None, init=False, repr=False)  # the trained PeftModel, after run()
 
     def run(self) -> dict[str, Any]:
-        """Train to the end (or resume to it) and return the run summary."""
+        """Train to the end (or resume to it) and return the run summary (rank 0 also writes the adapter,
+        the state and the events; the other ranks only train)."""
         started = time.perf_counter()
-        run = plan_run(self.settings, self.home)
-        self.files.append_event(
-            f"Plan: {run.device}, quantization {run.quantization}, LoRA r={self.settings.lora_rank} on "
+        run = plan_run(self.settings, self.home, in_rank=self.group.distributed)
+        ranks = f", {self.group.world} processes" if self.group.distributed else ""
+        self._event(
+            f"Plan: {run.device}{ranks}, quantization {run.quantization}, LoRA r={self.settings.lora_rank} on "
             f"{', '.join(run.targets)}; memory {run.memory.describe()}."
         )
         self._seed()
@@ -276,19 +281,35 @@ class Trainer:
         )
         model = build_lora(model, self.settings, run)
         model.train()
+        self.group.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
         optimizer = build_optimizer(model, self.settings, run.device)
         total = self.total_steps(len(train_set))
         scheduler = self._scheduler(optimizer, total)
         progress = self._resume(model, optimizer, scheduler)
-        self.files.update_state(raw_status="running", step=progress.step, total_steps=total, device=run.device)
+        if self.group.distributed:  # dropout differs between ranks, as the data does
+            import torch
+
+            torch.manual_seed(self.settings.seed + 1_000_003 * self.group.rank + progress.step)
+        if self.group.is_main:
+            # a machine-hour per node on CPU (the processes share it); a device-hour per process on GPUs
+            devices = self.group.world if run.device == "cuda" else self.settings.nnodes
+            self.files.update_state(raw_status="running", step=progress.step, total_steps=total,
+                                    device=run.device, processes=self.group.world, billed_devices=devices)
         self._loop(model, optimizer, scheduler, train_set, valid_rows, run, progress, total)
         self.model = model
+        if not self.group.is_main:
+            return {}
         adapter = self.files.path(ADAPTER_DIR)
         save_adapter(model, tokenizer, adapter)
         if self.settings.merge:
             self.files.update_state(raw_status="saving")
             export_merged(location, adapter, self.files.path(MERGED_DIR), run.device)
         return self._summary(run, progress, total, len(train_set), time.perf_counter() - started)
+
+    def _event(self, message: str, level: str = "info", **metrics: Any) -> None:
+        """An event of the job, written by rank 0 only."""
+        if self.group.is_main:
+            self.files.append_event(message, level=level, **metrics)
 
     def total_steps(self, n_examples: int) -> int:
         total = self.settings.epochs * math.ceil(n_examples / self.settings.batch_size)
@@ -304,7 +325,7 @@ class Trainer:
         s = self.settings
         train_set, dropped = encode_all(tokenizer, load_examples(s.training_file, strict=True), s.max_seq_length)
         if dropped:
-            self.files.append_event(
+            self._event(
                 f"{dropped} training example(s) have no assistant token to train on after truncation to "
                 f"{s.max_seq_length} tokens; skipped.", level="warning",
             )
@@ -327,7 +348,7 @@ class Trainer:
         if not checkpoints:
             return Progress()
         progress = load_checkpoint(checkpoints[-1], model, optimizer, scheduler)
-        self.files.append_event(f"Resumed from checkpoint at step {progress.step}.", step=progress.step)
+        self._event(f"Resumed from checkpoint at step {progress.step}.", step=progress.step)
         return progress
 
     def _loop(self, model: Any, optimizer: Any, scheduler: Any, train_set: list[Encoded],
@@ -337,33 +358,37 @@ class Trainer:
         s = self.settings
         per_epoch = math.ceil(len(train_set) / s.batch_size)
         session_start, session_tokens = time.perf_counter(), 0
+        group = self.group
+        trainable = [p for p in model.parameters() if p.requires_grad]
         for step in range(progress.step + 1, total + 1):
-            if self.should_stop():
+            if group.any(self.should_stop()):  # every rank stops at the same step
                 raise Stopped(f"Stopped at step {progress.step} of {total}.")
             step_start = time.perf_counter()
             batch = step_batch(train_set, s, step)
-            rows = pack_rows(batch, s.row_tokens)
-            labelled = sum(e.trained_tokens for e in batch)
+            labelled = sum(e.trained_tokens for e in batch)  # over the global batch: every rank knows it
+            rows = pack_rows(shard(batch, group.rank, group.world), s.row_tokens)
             loss_total = 0.0
             for row in rows:
                 with autocast(run.device):
                     loss = loss_sum(model, collate_row(row), run.device)
                 (loss / labelled).backward()
                 loss_total += float(loss.detach())
-            trainable = [p for p in model.parameters() if p.requires_grad]
+            loss_total, tokens = group.sum_gradients(trainable, [loss_total, row_tokens_of(rows)])
+            tokens = int(tokens)
             torch.nn.utils.clip_grad_norm_(trainable, s.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            tokens = row_tokens_of(rows)
             session_tokens += tokens
             progress.step, progress.tokens = step, progress.tokens + tokens
             progress.trained_tokens += labelled
             progress.train_seconds += time.perf_counter() - step_start
             progress.train_loss = loss_total / labelled
             if valid_rows and (step % s.eval_every == 0 or step == total):
-                progress.valid_loss = validation_loss(model, valid_rows, run.device)
+                progress.valid_loss = validation_loss(model, valid_rows, run.device, group)
+            if not group.is_main:
+                continue
             self._report(progress, total, per_epoch, session_tokens, time.perf_counter() - session_start,
                          step_lr=scheduler.get_last_lr()[0], evaluated=bool(valid_rows) and (
                              step % s.eval_every == 0 or step == total))
@@ -407,6 +432,7 @@ class Trainer:
             "final_train_loss": progress.train_loss,
             "final_valid_loss": progress.valid_loss,
             "device": run.device,
+            "processes": self.group.world,  # peak memory is rank 0's, per process; tokens are every rank's
             "quantization": run.quantization,
             "target_modules": run.targets,
             "memory_estimate_bytes": run.memory.total,
