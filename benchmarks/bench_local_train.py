@@ -15,6 +15,12 @@ Beside the tiny model, the full run trains the bundled SmolLM2-135M-Instruct (a 
 two ways on the first 24 real chat tickets of fixtures/datasets/sample.jsonl (3 optimizer steps, same
 settings): a few steps only, so that it stays within minutes on a 2-core CPU; its figures are a short
 sample, not a steady state. ``--no-smollm2`` skips it; ``--quick`` always does.
+
+Last, the same tiny-model run as a real local job (``LocalProvider``, its worker process) with 1 process and
+with 2 processes (torchrun, gloo on CPU; NCCL when 2 GPUs are present), the same global batch: effective
+tokens/s of each, the speed-up and the scaling efficiency (speed-up ÷ processes), and each run's peak
+memory per process. On one CPU machine the processes share its cores, so 2 processes cannot be twice as
+fast: the figure says what the gradient all-reduce and the split cost there.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import resource
 import subprocess
@@ -233,6 +240,45 @@ def main() -> None:
             if smollm2:
                 runs = train_both(work, work / "smollm2", device, "smollm2-")
                 report(device, runs["ours"], runs["baseline"], model=f"{SMOLLM2}: ")
+            if device == "cpu" or torch.cuda.device_count() >= 2:
+                report_scaling(device, run_job(work, work, device, 1), run_job(work, work, device, 2))
+            else:
+                print(f"\n[{device}] 2 processes: skipped (one GPU; two are needed)")
+
+
+def run_job(work: Path, inputs: Path, device: str, processes: int, *, quantization: str = "none",
+            hyperparameters: dict | None = None) -> dict:
+    """Train the model in ``inputs`` as a real local job with ``processes`` processes; its summary's figures."""
+    from tuneproxy.contract import JobSpec, JobStatus
+    from tuneproxy.local_backend.provider import LocalProvider
+
+    provider = LocalProvider({"home": work / f"jobs-{device}-{processes}", "processes": processes,
+                              "device": device, "quantization": quantization,
+                              "gradient_checkpointing": device == "cuda", "save_every": 10**6, "eval_every": 10**6})
+    data = provider.upload(inputs / "train.jsonl").id
+    record = provider.submit(JobSpec(model=str(inputs / "model"), training_file=data, intent_id=f"bench-{processes}",
+                                     hyperparameters=hyperparameters or SETTINGS))
+    while not record.status.terminal:
+        time.sleep(0.2)
+        record = provider.refresh(record.job_id)
+    if record.status != JobStatus.SUCCEEDED:
+        raise SystemExit(f"the {processes}-process job failed: {record.error}")
+    summary = record.detail["summary"]
+    return {"tokens": summary["tokens"], "seconds": summary["train_seconds"], "peak": summary["peak_memory_bytes"],
+            "final_loss": summary["final_train_loss"]}
+
+
+def report_scaling(device: str, one: dict, two: dict) -> None:
+    kind = "peak GPU memory allocated" if device == "cuda" else "peak process RSS"
+    tps1, tps2 = one["tokens"] / one["seconds"], two["tokens"] / two["seconds"]
+    print(f"\n[{device}] local job, 1 vs 2 processes (same global batch); {kind} per process")
+    print(f"  {'':<34}{'tokens/s':>10}{'seconds':>9}{'peak GiB':>10}{'final loss':>12}")
+    for name, f in (("1 process", one), ("2 processes", two)):
+        print(f"  {name:<34}{f['tokens'] / f['seconds']:>10.0f}{f['seconds']:>9.1f}{f['peak'] / 2**30:>10.2f}"
+              f"{f['final_loss']:>12.4f}")
+    cores = f" on {os.cpu_count()} CPU cores shared by both processes" if device == "cpu" else ""
+    print(f"  speed-up {tps2 / tps1:.2f}x, scaling efficiency {tps2 / tps1 / 2:.0%}{cores} "
+          f"(both ran {one['tokens']} real tokens)")
 
 
 def train_both(work: Path, inputs: Path, device: str, prefix: str) -> dict:

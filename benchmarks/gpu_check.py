@@ -15,9 +15,10 @@ if it is in the Hugging Face cache), it trains the same chat examples for a boun
 each in its own process, and prints effective (non-padding) tokens/s of training and peak GPU memory
 (``torch.cuda.max_memory_allocated``), each beside the baseline with the ratio, plus the device, the
 library versions, what each run really used (4-bit layers, double quantization, checkpointing,
-optimizer class), and a DDP line (the local backend has no multi-process mode yet, so nothing is
-measured there). Bounded: ``--steps`` optimizer steps of 8 examples per model (default 40), one epoch;
-meant to finish well under 5 minutes on one modern GPU.
+optimizer class), and the local backend's data-parallel mode: the first model trained as a real local job
+with 1 and with 2 processes (torchrun, NCCL, one GPU each) when 2 GPUs are visible — tokens/s, the speed-up
+and the scaling efficiency — or a line saying why it did not run. Bounded: ``--steps`` optimizer steps of 8
+examples per model (default 40), one epoch; meant to finish well under 5 minutes on one modern GPU.
 
     python benchmarks/gpu_check.py [--steps 40] [--model DIR] [--quick]
 
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_local_train import SETTINGS, build_inputs, peak  # noqa: E402
+from bench_local_train import SETTINGS, build_inputs, peak, report_scaling, run_job  # noqa: E402
 
 BUNDLED = "smollm2-135m-instruct"
 SIZED_ENV = "TUNEPROXY_GPU_CHECK_MODEL"
@@ -242,16 +243,21 @@ def report(tag: str, label: str, device: str, ours: dict[str, Any], base: dict[s
           + ("" if ours["tokens"] == base["tokens"] else f" vs {base['tokens']:,}"))
 
 
-def ddp_line(tag: str, device: str) -> str:
+def data_parallel(tag: str, device: str, work: Path, location: str, quantization: str, hyper: dict) -> None:
+    """The first model as a real local job with 1 and with 2 processes (2 GPUs; gloo on CPU with --quick)."""
     import torch
 
     gpus = torch.cuda.device_count() if device == "cuda" else 0
-    if gpus >= 2:
-        return (f"{tag} DDP on 2 GPUs: not built yet: the local backend trains in one process on one device "
-                f"(no multi-process mode); {gpus} GPUs visible, nothing measured")
-    where = "on CPU" if device == "cpu" else f"with {gpus} GPU visible"
-    return (f"{tag} DDP on 2 GPUs: not run {where}; the local backend has no multi-process mode yet "
-            "(not built), so there is nothing to measure")
+    if device == "cuda" and gpus < 2:
+        print(f"{tag} data-parallel on 2 GPUs: not run, {gpus} GPU visible (two are needed)")
+        return
+    inputs = work / "data-parallel"
+    inputs.mkdir()
+    (inputs / "model").symlink_to(location)
+    (inputs / "train.jsonl").symlink_to(work / "train.jsonl")
+    one = run_job(work, inputs, device, 1, quantization=quantization, hyperparameters=hyper)
+    two = run_job(work, inputs, device, 2, quantization=quantization, hyperparameters=hyper)
+    report_scaling(device, one, two)
 
 
 def main() -> None:
@@ -307,6 +313,7 @@ def main() -> None:
         build_inputs(work, steps * BATCH, **tiny)  # the chat examples (and, for --quick, the tiny model)
         home = work / "home"
         checks: list[tuple[str, str | None, str]] = []  # (label, model for tuneproxy, why skipped)
+        first = ""  # the first model checked: the data-parallel run trains it again
         if args.quick:
             checks.append((f"tiny random Llama (hidden {tiny['hidden']}, {tiny['layers']} layers)",
                            str(work / "model"), ""))
@@ -329,8 +336,9 @@ def main() -> None:
             base = measure("baseline", cfg, work / f"{slug}-baseline")
             ours = measure("ours", cfg, work / f"{slug}-ours")
             report(tag, label, device, ours, base)
-    print()
-    print(ddp_line(tag, device))
+            first = first or location
+        print()
+        data_parallel(tag, device, work, first, quantization, hyper)
     elapsed = time.perf_counter() - started
     print(f"{tag} finished in {elapsed:.0f} s (goal: under {GOAL_S} s on one GPU)")
 

@@ -16,6 +16,7 @@ import random
 import resource
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +134,10 @@ def build_lora(model: Any, settings: TrainSettings, run: RunPlan) -> Any:
         target_modules=run.targets, task_type="CAUSAL_LM",
     )
     torch.manual_seed(settings.seed)  # LoRA A matrices are drawn at random
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated alias; the one warning that says so is not the user's concern
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def build_optimizer(model: Any, settings: TrainSettings, device: str) -> Any:

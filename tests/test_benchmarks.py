@@ -52,6 +52,19 @@ def test_local_train_benchmark_quick():
         figure(out, rf"^\s+{re.escape(label)}\s+{NUMBER}\s")  # tokens/s
     figure(out, rf"speed ratio {NUMBER}x; peak memory ratio [0-9.]+x")
     figure(out, rf"speed ratio [0-9.]+x; peak memory ratio {NUMBER}x")
+    assert_scaling(out, "cpu")
+
+
+def assert_scaling(out: str, device: str) -> None:
+    """The 1 vs 2 process figures of a real local job: both lines, the speed-up and the same losses."""
+    assert f"[{device}] local job, 1 vs 2 processes (same global batch)" in out, out
+    losses = []
+    for label in ("1 process", "2 processes"):
+        figure(out, rf"^\s+{label}\s+{NUMBER}\s")  # tokens/s
+        losses.append(figure(out, rf"^\s+{label}\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s+{NUMBER}$"))
+    assert abs(losses[0] - losses[1]) < 1e-3, out  # one update per global batch, however it is split
+    figure(out, rf"speed-up {NUMBER}x, scaling efficiency [0-9]+%")
+    figure(out, rf"speed-up [0-9.]+x, scaling efficiency {NUMBER}%")
 
 
 def test_local_generate_benchmark_quick():
@@ -108,7 +121,7 @@ def test_gpu_check_quick():
         assert re.search(rf"^\[cpu\]\s+{name}\s+quantization none, .*gradient checkpointing on, optimizer AdamW",
                          out, re.MULTILINE), out
     assert re.search(r"^\[cpu\] model ~0.5B: skipped: ", out, re.MULTILINE), out
-    assert re.search(r"^\[cpu\] DDP on 2 GPUs: not run on CPU; .*not built", out, re.MULTILINE), out
+    assert_scaling(out, "cpu")  # on CPU with gloo in quick mode; on 2 GPUs with NCCL for real
 
 
 def test_gpu_check_without_cuda_exits_with_a_message():
