@@ -107,6 +107,8 @@ def train(files: JobFiles, started: float, group: Any = None) -> int:
         if main_rank:
             files.append_event(str(exc), level="error")
             finish(files, "failed", started, error=str(exc))
+        else:  # in the log, should this rank alone have met it
+            print(f"rank {group.rank}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # the job must end in a state, whatever broke
         traceback.print_exc()
