@@ -4,7 +4,8 @@ Same model, prompts (chat tickets from fixtures/datasets/sample.jsonl, cut befor
 the same ``max_tokens``. Prints answers per second (and generated tokens) for:
   1. ours: the real ``tuneproxy serve --base MODEL`` (uvicorn, in its own process, on 127.0.0.1), asked by
      8 concurrent clients (the OpenAI SDK's ``AsyncOpenAI``, in this process) until every prompt is answered;
-     its request batcher generates the requests that arrive together in one batch;
+     its request batcher generates the requests that arrive together in one batch (each answer's
+     ``x-tuneproxy-batch-size`` header says how big its batch was; their mean and counts are printed);
   2. the baseline: what a user without the server does, the same local endpoint (``LocalProvider.endpoint``,
      as the server builds it) called in-process with ``complete``, one request at a time;
   3. for reference, not a baseline: the same endpoint's in-process ``complete_many`` on all prompts at once
@@ -107,18 +108,22 @@ async def ask_all(base_url: str, model: str, prompts: list, max_tokens: int, cli
 
     client = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
 
-    async def one(messages: list, tokens: int) -> object:
-        return await client.chat.completions.create(model=model, messages=messages, max_tokens=tokens,
-                                                    temperature=0)
+    async def one(messages: list, tokens: int) -> tuple[object, int]:
+        """The reply, and the size of the batch the server generated it in (the answer's header says)."""
+        raw = await client.chat.completions.with_raw_response.create(model=model, messages=messages,
+                                                                     max_tokens=tokens, temperature=0)
+        return raw.parse(), int(raw.headers["x-tuneproxy-batch-size"])
 
     await one(prompts[0], 2)  # warm-up: one request (the server loads the model), then a burst
     await asyncio.gather(*(one(p, 2) for p in prompts[:clients]))
     replies: dict[int, object] = {}
+    batch_sizes: list[int] = []  # per answer, over every timed pass
 
     async def worker(queue: asyncio.Queue[int]) -> None:
         while not queue.empty():
             i = queue.get_nowait()
-            replies[i] = await one(prompts[i], max_tokens)
+            replies[i], size = await one(prompts[i], max_tokens)
+            batch_sizes.append(size)
 
     times = []
     for _ in range(REPEATS):
@@ -133,7 +138,7 @@ async def ask_all(base_url: str, model: str, prompts: list, max_tokens: int, cli
     ordered = [replies[i] for i in range(len(prompts))]
     return {"answers": len(ordered), "seconds": seconds,
             "tokens": sum(r.usage.completion_tokens for r in ordered),
-            "texts": [r.choices[0].message.content for r in ordered]}
+            "texts": [r.choices[0].message.content for r in ordered], "batch_sizes": batch_sizes}
 
 
 def measure_serve(args: argparse.Namespace, items_file: Path, env: dict, work: Path) -> dict:
@@ -186,6 +191,9 @@ def report(args: argparse.Namespace, runs: dict, device: str, threads: int) -> N
             for which in ("serve", "batched")}
     print(f"  same text as the baseline: serve {same['serve']}/{args.requests}, "
           f"complete_many {same['batched']}/{args.requests}")
+    sizes = runs["serve"]["batch_sizes"]
+    counts = ", ".join(f"{size}: {sizes.count(size)}" for size in sorted(set(sizes), reverse=True))
+    print(f"  server batch size per answer: mean {sum(sizes) / len(sizes):.2f} (batch size: answers {counts})")
 
 
 def main() -> None:

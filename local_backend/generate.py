@@ -2,7 +2,9 @@
 
 The model is loaded on first use, the same way training loaded it (same source, same quantization), so
 a tuned model and its base are compared like for like. Generation runs in a worker thread, so the
-endpoint's async methods never block the event loop; one model generates one batch at a time.
+endpoint's async methods never block the event loop; one model generates one batch at a time. ``stream``
+generates one reply and hands its text over piece by piece as it is generated (what `tuneproxy serve` sends
+to a streamed request).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ class LocalEndpoint(Endpoint):
         self.quantization = quantization
         self.device = device
         self.batch_size = batch_size
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held while loading and while generating
         self._loaded: tuple[Any, Any, str] | None = None
 
     def __repr__(self) -> str:
@@ -47,6 +49,10 @@ class LocalEndpoint(Endpoint):
 
     def load(self) -> tuple[Any, Any, str]:
         """The tokenizer, the model in eval mode, and its device (loaded once)."""
+        with self._lock:
+            return self._load()
+
+    def _load(self) -> tuple[Any, Any, str]:
         if self._loaded is None:
             source = models.resolve(self.base)
             location = models.materialize(source, self.home)
@@ -102,14 +108,8 @@ class LocalEndpoint(Endpoint):
                         params: GenerationParams) -> list[Completion]:
         import torch
 
-        prompts = [tokenizer.apply_chat_template([dict(m) for m in msgs], tokenize=False,
-                                                 add_generation_prompt=True) for msgs in chunk]
-        enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
-        sampling: dict[str, Any] = {"do_sample": False}
-        if params.temperature > 0:
-            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
+        enc = self._encode(tokenizer, device, chunk)
+        sampling = self._sampling(params)
         stop_ids = self._stop_ids(tokenizer, model)
         started = time.perf_counter()
         with torch.no_grad():
@@ -132,6 +132,72 @@ class LocalEndpoint(Endpoint):
             ))
         return completions
 
+    def stream(self, messages: Sequence[Message], params: GenerationParams, emit: Callable[[str], None],
+               cancelled: threading.Event | None = None) -> Completion:
+        """Generate one reply, calling ``emit`` with each new piece of its text as it is generated, and return
+        the whole :class:`~tuneproxy.contract.Completion`.
+
+        The pieces join to the completion's text, which is :meth:`generate`'s for the same conversation (greedy:
+        the same words): stripped, and cut at the first ``stop`` string — generation ends there, and nothing
+        after it is emitted, since the text's last ``len(longest stop) - 1`` characters wait until they cannot
+        begin one. Setting ``cancelled`` (the client went away) ends generation after the current token.
+        Blocking: run it in a worker thread. A model that cannot be loaded, or a failed generation, raises."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        release = TextRelease(params.stop)
+
+        class Watch(StoppingCriteria):
+            """Called after every token: hands the settled text on, and ends generation at a stop string or
+            when cancelled."""
+
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                piece = release.update(tokenizer.decode(input_ids[0, start:].tolist(), skip_special_tokens=True))
+                if piece:
+                    emit(piece)
+                done = release.stopped or (cancelled is not None and cancelled.is_set())
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+        with self._lock:  # one model, one generation at a time
+            tokenizer, model, device = self._load()
+            enc = self._encode(tokenizer, device, [messages])
+            start = enc["input_ids"].shape[1]
+            stop_ids = self._stop_ids(tokenizer, model)
+            started = time.perf_counter()
+            with torch.no_grad():
+                generated = model.generate(**enc, max_new_tokens=params.max_tokens,
+                                           pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
+                                           stopping_criteria=StoppingCriteriaList([Watch()]),
+                                           **self._sampling(params))
+            latency = time.perf_counter() - started
+        row = generated[0, start:].tolist()
+        ended = next((i + 1 for i, t in enumerate(row) if t in stop_ids), None)
+        produced = ended if ended is not None else len(row)
+        piece = release.finish(tokenizer.decode(row[:produced], skip_special_tokens=True))
+        if piece:
+            emit(piece)
+        return Completion(text=release.released, finish_reason="stop" if ended is not None or release.stopped
+                          else "length", usage=Usage(prompt_tokens=start, completion_tokens=produced),
+                          latency_s=latency, cost_usd=None)
+
+    @staticmethod
+    def _encode(tokenizer: Any, device: str, conversations: Sequence[Sequence[Message]]) -> Any:
+        """The conversations' prompts (chat template, generation prompt), tokenized and left-padded."""
+        prompts = [tokenizer.apply_chat_template([dict(m) for m in msgs], tokenize=False,
+                                                 add_generation_prompt=True) for msgs in conversations]
+        return tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+
+    @staticmethod
+    def _sampling(params: GenerationParams) -> dict[str, Any]:
+        """``generate``'s sampling arguments (greedy at temperature 0); seeds torch when a seed is given."""
+        if params.temperature == 0:
+            return {"do_sample": False}
+        if params.seed is not None:
+            import torch
+
+            torch.manual_seed(params.seed)
+        return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+
     @staticmethod
     def _stop_ids(tokenizer: Any, model: Any) -> list[int]:
         """End-of-turn tokens: the tokenizer's EOS plus whatever the model's generation config adds."""
@@ -148,3 +214,43 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """``text`` up to the first of the ``stop`` strings, and whether one was found."""
     found = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return (text[:min(found)], True) if found else (text, False)
+
+
+class TextRelease:
+    """The text of a reply being generated, released as it settles into what the finished reply will say.
+
+    :meth:`update` takes the whole text decoded so far and gives the part not released before that the
+    finished reply is sure to begin with: without the last ``len(longest stop) - 1`` characters (they may
+    begin a stop string), without a trailing half-decoded character, without trailing whitespace (the reply
+    is stripped). Once a stop string appears, the text before it is released and :attr:`stopped` is set.
+    :meth:`finish` releases the rest of the final text. :attr:`released` is everything released so far.
+    """
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.stop = [s for s in stop if s]
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.released = ""
+        self.stopped = False
+
+    def update(self, text: str) -> str:
+        """The newly settled part of ``text`` (the reply so far)."""
+        if self.stopped:
+            return ""
+        cut, self.stopped = cut_at_stop(text, self.stop)
+        if self.stopped:
+            return self._release(cut.strip())
+        return self._release(text[:len(text) - self.hold].rstrip("\ufffd").strip())
+
+    def finish(self, text: str) -> str:
+        """What is left to release of the finished reply ``text``."""
+        if self.stopped:
+            return ""
+        cut, self.stopped = cut_at_stop(text, self.stop)
+        return self._release(cut.strip())
+
+    def _release(self, settled: str) -> str:
+        if not settled.startswith(self.released):  # decoding rewrote released text: nothing more is sure
+            return ""
+        piece = settled[len(self.released):]
+        self.released = settled
+        return piece

@@ -790,26 +790,32 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
     base: Annotated[str | None, typer.Option(help="The base model, served too (default: the jobs' own).")] = None,
+    engine: Annotated[str, typer.Option(help="auto (vLLM when it is installed and a CUDA GPU is present, else "
+                                             "builtin), builtin or vllm.")] = "auto",
 ) -> None:
     """Serve local tuned adapters and their base over OpenAI's chat API (GET /v1/models, POST
-    /v1/chat/completions, streaming too), batching concurrent requests. Each adapter is named local:<job-id>.
-    On a GPU with vLLM installed, `vllm serve BASE --enable-lora --lora-modules local:<job-id>=<adapter folder>`
-    serves the same adapters faster; this command does not launch it."""
+    /v1/chat/completions, streamed token by token too), batching concurrent requests. Each adapter is named
+    local:<job-id>. With --engine vllm (or auto, on a CUDA GPU with vLLM installed) it launches vLLM's OpenAI
+    server on the same base and adapters (--enable-lora), with the same names, host and port, and waits for it."""
     from tuneproxy import registry
 
-    registry.server()(job_ids or [], host=host, port=port, base=base, console=console)
+    code = registry.server()(job_ids or [], host=host, port=port, base=base, engine=engine, console=console)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("export")
 def export_command(
     job_id: Annotated[str, typer.Argument(help="A succeeded local job (id or unique prefix).")],
     format_: Annotated[str, typer.Option("--format", help="adapter (PEFT folder for vLLM/peft), merged (the full "
-                                                          "model, safetensors) or gguf (llama.cpp/Ollama).")],
+                                                          "model, safetensors) or gguf (llama.cpp/Ollama, F16; "
+                                                          "for a job on a llama .gguf base).")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write (must be empty unless --force).")],
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Export a succeeded local job's tuned model: its PEFT adapter, the base with the adapter merged in, or
-    GGUF (not built: it says how to convert the merged folder with llama.cpp's convert_hf_to_gguf.py)."""
+    GGUF (the merged model at F16 in the base's own GGUF layout, for a job whose base was a llama .gguf file
+    such as the bundled SmolLM2; for any other base it says how to convert the merged folder with llama.cpp)."""
     from tuneproxy import registry
 
     registry.exporter()(job_id, format_, out, force=force, console=console)
