@@ -189,7 +189,8 @@ def _merged_model(location: str, adapter: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
-    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    with models.peft_quietly():
+        return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
 
 
 def _stored_dtype(location: str) -> Any:

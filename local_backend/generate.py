@@ -64,7 +64,8 @@ class LocalEndpoint(Endpoint):
             if self.adapter is not None:
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, str(self.adapter))
+                with models.peft_quietly():
+                    model = PeftModel.from_pretrained(model, str(self.adapter))
                 if quantization == "none":
                     model = model.merge_and_unload()  # faster generation, same outputs
             model.eval()

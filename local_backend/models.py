@@ -8,10 +8,13 @@ inside the functions that need them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -270,3 +273,12 @@ def meta_model(config: Any) -> Any:
 
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Around peft's model wrapping: peft reads transformers' deprecated ``is_gradient_checkpointing``
+    alias, whose FutureWarning (that one warning, by its message) is the libraries' business, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield

@@ -16,7 +16,6 @@ import random
 import resource
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,9 +133,7 @@ def build_lora(model: Any, settings: TrainSettings, run: RunPlan) -> Any:
         target_modules=run.targets, task_type="CAUSAL_LM",
     )
     torch.manual_seed(settings.seed)  # LoRA A matrices are drawn at random
-    with warnings.catch_warnings():
-        # peft reads transformers' deprecated alias; the one warning that says so is not the user's concern
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with models.peft_quietly():
         return get_peft_model(model, config)
 
 
@@ -241,7 +238,8 @@ def export_merged(location: str, adapter: Path, target: Path, device: str) -> No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = AutoModelForCausalLM.from_pretrained(location, dtype=models.compute_dtype(device))
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    with models.peft_quietly():
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     staging = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(staging)

@@ -7,6 +7,7 @@ input is a clear message and exit status 2."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -89,7 +90,9 @@ def peft_model(adapter_export):
     """The exported adapter on its base, loaded with plain transformers + peft (not merged)."""
     config = json.loads((adapter_export.path / "adapter_config.json").read_text())
     base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"], dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, str(adapter_export.path)).eval()
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias: only that warning is expected
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        model = PeftModel.from_pretrained(base, str(adapter_export.path)).eval()
     return model, AutoTokenizer.from_pretrained(str(adapter_export.path))
 
 
