@@ -125,6 +125,17 @@ class Group:
             offset += n
         return flat[offset:].tolist()
 
+    def most(self, value: int) -> int:
+        """The largest ``value`` over the ranks."""
+        if not self.distributed:
+            return value
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.int64, device=self._device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
+
     def broadcast_parameters(self, params: Sequence[Any]) -> None:
         """Make every rank's ``params`` rank 0's."""
         if not self.distributed:
@@ -142,6 +153,29 @@ class Group:
 
 
 SINGLE = Group()
+
+
+def shard_base(model: Any) -> None:
+    """FSDP (``fully_shard``) over the frozen base of a PEFT ``model``: each decoder layer, then the decoder,
+    is sharded across the ranks and gathered only while it computes. The LoRA parameters (trained, a few MB)
+    and the output layer stay whole on every rank (``ignored_params``): the LoRA gradients are summed by
+    :meth:`Group.sum_gradients`, checkpoints and the adapter are saved as with one process, and the trainer
+    may call the output layer on trained positions only, outside the decoder. Each rank must then run the same
+    number of decoder passes per step (the layers gather their weights collectively): the trainer pads a
+    rank's rows with passes that count for nothing."""
+    from torch.distributed.fsdp import fully_shard
+
+    base = model.get_base_model()
+    decoder = base.get_decoder()
+    whole = {p for p in model.parameters() if p.requires_grad}
+    whole.update(base.get_output_embeddings().parameters())  # tied models share it with the input embedding
+    layer_classes = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in decoder.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise RuntimeError(f"parallelism='fsdp' cannot find the decoder layers of {type(base).__name__}")
+    for layer in layers:
+        fully_shard(layer, ignored_params=whole)
+    fully_shard(decoder, ignored_params=whole)
 
 
 def join(device: str) -> Group:
@@ -166,3 +200,14 @@ def leave() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def share_held(model: Any) -> float:
+    """The share of the model's parameters this rank holds: 1 when nothing is sharded."""
+    from torch.distributed.tensor import DTensor
+
+    held = total = 0
+    for p in model.parameters():
+        total += p.numel()
+        held += p.to_local().numel() if isinstance(p, DTensor) else p.numel()
+    return held / total if total else 1.0

@@ -117,14 +117,16 @@ def system_ram_available() -> int:
 
 
 def plan(model: Any, *, targets: set[str], rank: int, quantization: str, device: str, dtype_bytes: int,
-         row_tokens: int, checkpointing: bool, limit_gb: float | None, copies: int = 1) -> MemoryPlan:
+         row_tokens: int, checkpointing: bool, limit_gb: float | None, copies: int = 1,
+         shards: int = 1) -> MemoryPlan:
     """The memory estimate for training ``model`` (meta or real) with these settings, for each of ``copies``
-    processes sharing the memory (on a GPU each process has its own device: ``copies`` is 1)."""
+    processes sharing the memory (on a GPU each process has its own device: ``copies`` is 1), with the base's
+    weights split into ``shards`` (fsdp: every process holds its share; the output layer stays whole)."""
     lora = lora_parameters(model, targets, rank)
     optimizer_bytes_per_param = 4 + (2 if device == "cuda" else 8)  # gradient + AdamW state (8-bit on GPU)
     available, where = available_memory(device, limit_gb)
     return MemoryPlan(
-        weights=weight_bytes(model, quantization, dtype_bytes),
+        weights=weight_bytes(model, quantization, dtype_bytes) // shards,
         lora=lora * 4,
         optimizer=lora * optimizer_bytes_per_param,
         activations=activation_bytes(model.config, row_tokens, dtype_bytes, checkpointing),

@@ -201,10 +201,10 @@ def pick_device(device: str) -> str:
     return device
 
 
-def pick_quantization(quantization: str, device: str) -> str:
-    """QLoRA (nf4) on CUDA by default; plain LoRA on CPU by default."""
+def pick_quantization(quantization: str, device: str, parallelism: str = "ddp") -> str:
+    """QLoRA (nf4) on CUDA by default; plain LoRA on CPU, or when the base is sharded (fsdp)."""
     if quantization == "auto":
-        return "nf4" if device == "cuda" else "none"
+        return "nf4" if device == "cuda" and parallelism != "fsdp" else "none"
     return quantization
 
 

@@ -60,7 +60,7 @@ def plan_run(settings: TrainSettings, home: Path, *, in_rank: bool = False) -> R
 
     source = models.resolve(settings.model)
     device = models.pick_device(settings.device)
-    quantization = models.pick_quantization(settings.quantization, device)
+    quantization = models.pick_quantization(settings.quantization, device, settings.parallelism)
     check_devices(settings, device)
     checkpointing = settings.gradient_checkpointing
     if checkpointing is None:
@@ -73,6 +73,7 @@ def plan_run(settings: TrainSettings, home: Path, *, in_rank: bool = False) -> R
         dtype_bytes=dtype_bytes, row_tokens=settings.row_tokens, checkpointing=checkpointing,
         limit_gb=settings.memory_limit_gb,
         copies=settings.processes if device == "cpu" and not in_rank else 1,
+        shards=settings.processes * settings.nnodes if settings.parallelism == "fsdp" else 1,
     )
     memory.ensure_fits(mem, quantization, checkpointing)
     return RunPlan(source, device, quantization, checkpointing, targets, mem)

@@ -503,9 +503,12 @@ class LocalProvider(Provider):
                 raise ConfigError(
                     f"Job {job_id} is {record.raw_status}; only a succeeded job has a model to use."
                 )
-            settings = self._files(job_id).job()["settings"]
-            return LocalEndpoint(model, base=settings["model"], adapter=self._files(job_id).path(ADAPTER_DIR),
-                                 quantization=settings["quantization"], device=settings["device"], **common)
+            files = self._files(job_id)
+            settings = files.job()["settings"]
+            # the base as training resolved it (auto is nf4 on CUDA, but a sharded fsdp run trains a 16-bit one)
+            quantization = files.summary().get("quantization") or settings["quantization"]
+            return LocalEndpoint(model, base=settings["model"], adapter=files.path(ADAPTER_DIR),
+                                 quantization=quantization, device=settings["device"], **common)
         common.update(quantization=self.options.quantization, device=self.options.device)
         adapter_config = Path(model).expanduser() / "adapter_config.json"
         if adapter_config.is_file():

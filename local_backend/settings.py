@@ -53,6 +53,10 @@ class TrainingOptions(BaseModel):
         1, ge=1, le=64, description="Training processes on this machine (one per GPU on CUDA), data-parallel "
                                     "through torchrun; default 1."
     )
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="How several processes share the work: 'ddp' = each holds the whole base; 'fsdp' = "
+                           "the base's weights are sharded across the processes (16/32-bit base only)."
+    )
     nnodes: int = Field(1, ge=1, le=1024, description="Machines taking part; more than 1 needs rdzv_endpoint.")
     rdzv_endpoint: str | None = Field(
         None, description="host:port where the machines of a several-node job meet (torchrun's c10d rendezvous)."
@@ -60,6 +64,10 @@ class TrainingOptions(BaseModel):
 
     @model_validator(mode="after")
     def _nodes_meet_somewhere(self) -> TrainingOptions:
+        if self.parallelism == "fsdp" and self.quantization == "nf4":
+            raise ValueError("parallelism='fsdp' shards a 16/32-bit base; it does not take quantization='nf4' "
+                             "(bitsandbytes' 4-bit weights are not sharded here): use parallelism='ddp' with nf4 "
+                             "(a 4-bit base fits one GPU for most models), or quantization='none'")
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError(f"nnodes={self.nnodes} needs rdzv_endpoint='host:port', a port on the first machine "
                              "that every machine can reach")

@@ -26,7 +26,7 @@ from tuneproxy.dataset.validate import load_examples
 from tuneproxy.errors import DatasetError
 from tuneproxy.local_backend import models
 from tuneproxy.local_backend.collate import IGNORE, Encoded, collate_row, encode_chat, pack_rows
-from tuneproxy.local_backend.distributed import SINGLE, Group, shard
+from tuneproxy.local_backend.distributed import SINGLE, Group, shard, shard_base, share_held
 from tuneproxy.local_backend.jobfiles import ADAPTER_DIR, CHECKPOINTS_DIR, MERGED_DIR, SUMMARY_FILE, JobFiles
 from tuneproxy.local_backend.preflight import RunPlan, plan_run
 from tuneproxy.local_backend.settings import TrainSettings
@@ -100,16 +100,23 @@ def row_tokens_of(rows: Sequence[Sequence[Encoded]]) -> int:
     return sum(len(e) for row in rows for e in row)
 
 
-def validation_loss(model: Any, rows: Sequence[Sequence[Encoded]], device: str, group: Group = SINGLE) -> float:
-    """Mean loss per trained token over the holdout rows (each rank scores its share of them)."""
+def validation_loss(model: Any, rows: Sequence[Sequence[Encoded]], device: str, group: Group = SINGLE,
+                    in_step: bool = False) -> float:
+    """Mean loss per trained token over the holdout rows (each rank scores its share of them). ``in_step``
+    (a sharded base): every rank runs as many passes as the busiest, the extra ones counting for nothing."""
     import torch
 
     model.eval()
     total, count = 0.0, 0
+    mine = shard(rows, group.rank, group.world)
+    passes = group.most(len(mine)) if in_step else len(mine)
     with torch.no_grad(), autocast(device):
-        for row in shard(rows, group.rank, group.world):
-            total += float(loss_sum(model, collate_row(row), device))
-            count += sum(e.trained_tokens for e in row)
+        for i in range(passes):
+            row = mine[i] if i < len(mine) else rows[0]
+            loss = float(loss_sum(model, collate_row(row), device))
+            if i < len(mine):
+                total += loss
+                count += sum(e.trained_tokens for e in row)
     model.train()
     total, count = group.sum([total, count])
     return total / max(count, 1)
@@ -270,6 +277,8 @@ class Trainer:
         started = time.perf_counter()
         run = plan_run(self.settings, self.home, in_rank=self.group.distributed)
         ranks = f", {self.group.world} processes" if self.group.distributed else ""
+        if self.sharded:
+            ranks += " with the base sharded across them (fsdp)"
         self._event(
             f"Plan: {run.device}{ranks}, quantization {run.quantization}, LoRA r={self.settings.lora_rank} on "
             f"{', '.join(run.targets)}; memory {run.memory.describe()}."
@@ -284,6 +293,8 @@ class Trainer:
         model = build_lora(model, self.settings, run)
         model.train()
         self.group.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
+        if self.sharded:
+            shard_base(model)
         optimizer = build_optimizer(model, self.settings, run.device)
         total = self.total_steps(len(train_set))
         scheduler = self._scheduler(optimizer, total)
@@ -307,6 +318,11 @@ class Trainer:
             self.files.update_state(raw_status="saving")
             export_merged(location, adapter, self.files.path(MERGED_DIR), run.device)
         return self._summary(run, progress, total, len(train_set), time.perf_counter() - started)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the base's weights are sharded across the ranks (parallelism 'fsdp')."""
+        return self.settings.parallelism == "fsdp" and self.group.distributed
 
     def _event(self, message: str, level: str = "info", **metrics: Any) -> None:
         """An event of the job, written by rank 0 only."""
@@ -369,10 +385,14 @@ class Trainer:
             batch = step_batch(train_set, s, step)
             labelled = sum(e.trained_tokens for e in batch)  # over the global batch: every rank knows it
             rows = pack_rows(shard(batch, group.rank, group.world), s.row_tokens)
+            # a sharded base gathers each layer's weights with every rank: all run as many passes
+            passes = group.most(len(rows)) if self.sharded else len(rows)
             loss_total = 0.0
-            for row in rows:
+            for i in range(passes):
                 with autocast(run.device):
-                    loss = loss_sum(model, collate_row(row), run.device)
+                    loss = loss_sum(model, collate_row(rows[i] if i < len(rows) else batch[:1]), run.device)
+                if i >= len(rows):
+                    loss = loss * 0.0  # a pass that keeps this rank in step, and counts for nothing
                 (loss / labelled).backward()
                 loss_total += float(loss.detach())
             loss_total, tokens = group.sum_gradients(trainable, [loss_total, row_tokens_of(rows)])
@@ -388,7 +408,7 @@ class Trainer:
             progress.train_seconds += time.perf_counter() - step_start
             progress.train_loss = loss_total / labelled
             if valid_rows and (step % s.eval_every == 0 or step == total):
-                progress.valid_loss = validation_loss(model, valid_rows, run.device, group)
+                progress.valid_loss = validation_loss(model, valid_rows, run.device, group, in_step=self.sharded)
             if not group.is_main:
                 continue
             self._report(progress, total, per_epoch, session_tokens, time.perf_counter() - session_start,
@@ -435,6 +455,8 @@ class Trainer:
             "final_valid_loss": progress.valid_loss,
             "device": run.device,
             "processes": self.group.world,  # peak memory is rank 0's, per process; tokens are every rank's
+            "parallelism": "fsdp" if self.sharded else "ddp" if self.group.distributed else None,
+            "parameter_share": share_held(self.model),  # of the model's parameters, what rank 0 held
             "quantization": run.quantization,
             "target_modules": run.targets,
             "memory_estimate_bytes": run.memory.total,

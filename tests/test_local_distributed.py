@@ -87,13 +87,22 @@ def spec(training_file, epochs=2, batch_size=8):
         "epochs": epochs, "learning_rate": 1e-2, "batch_size": batch_size, "lora_rank": 4, "lora_dropout": 0.0})
 
 
-def submit(provider, model_dir, tmp_path, **kwargs):
+def submit(provider, model_dir, tmp_path, validation=False, **kwargs):
     training = provider.upload(write_jsonl(tmp_path / "train.jsonl", ticket_records(32))).id
-    return provider.submit(spec(training, **kwargs).model_copy(update={"model": str(model_dir)}))
+    update = {"model": str(model_dir)}
+    if validation:  # 5 examples: the ranks get unequal shares of the holdout rows
+        update["validation_file"] = provider.upload(write_jsonl(tmp_path / "valid.jsonl", ticket_records(5, seed=3)),
+                                                    "validation").id
+    return provider.submit(spec(training, **kwargs).model_copy(update=update))
 
 
 def step_losses(provider, job_id):
     return [(e.step, e.train_loss) for e in provider.events(job_id) if e.message.startswith("step")]
+
+
+def valid_losses(provider, job_id):
+    return [(e.step, e.valid_loss) for e in provider.events(job_id)
+            if e.message.startswith("step") and e.valid_loss is not None]
 
 
 def adapter_weights(provider, job_id):
@@ -102,39 +111,60 @@ def adapter_weights(provider, job_id):
     return load_file(provider.home / "jobs" / job_id / "adapter" / "adapter_model.safetensors")
 
 
-def test_two_processes_follow_one_process_over_the_same_global_batch_and_only_rank_0_reports(model_dir, tmp_path):
-    one, two = local(tmp_path, "one"), local(tmp_path, "two", processes=2)
-    records = {}
-    for name, provider in (("one", one), ("two", two)):
-        record = follow(provider, submit(provider, model_dir, tmp_path).job_id)
-        assert record.status == JobStatus.SUCCEEDED, record.error
-        records[name] = record
-        assert gone(provider.home / "jobs" / record.job_id)
+@pytest.fixture(scope="module")
+def one_process(model_dir, tmp_path_factory):
+    """The reference: the job trained by one process (with a holdout scored every 2 steps)."""
+    tmp_path = tmp_path_factory.mktemp("one")
+    provider = local(tmp_path, "home", eval_every=2)
+    record = follow(provider, submit(provider, model_dir, tmp_path, validation=True).job_id)
+    assert record.status == JobStatus.SUCCEEDED, record.error
+    return provider, record
 
-    single, double = step_losses(one, records["one"].job_id), step_losses(two, records["two"].job_id)
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_two_processes_follow_one_process_over_the_same_global_batch_and_only_rank_0_reports(
+        model_dir, tmp_path, one_process, parallelism):
+    one, single_record = one_process
+    two = local(tmp_path, "two", processes=2, parallelism=parallelism, eval_every=2)
+    record = follow(two, submit(two, model_dir, tmp_path, validation=True).job_id)
+    assert record.status == JobStatus.SUCCEEDED, record.error
+    assert gone(two.home / "jobs" / record.job_id)
+
+    single, double = step_losses(one, single_record.job_id), step_losses(two, record.job_id)
     assert [s for s, _ in double] == list(range(1, 9))  # one event per step: rank 1 wrote none
     assert [s for s, _ in single] == [s for s, _ in double]
     for (_, a), (_, b) in zip(single, double, strict=True):
         assert b == pytest.approx(a, rel=LOSS_RTOL)
     assert single[-1][1] < single[0][1]  # it learned something, so the match is not two flat lines
+    # the holdout, split unevenly between the ranks, scores the same
+    held_one, held_two = valid_losses(one, single_record.job_id), valid_losses(two, record.job_id)
+    assert [s for s, _ in held_two] == [s for s, _ in held_one] == [2, 4, 6, 8]
+    for (_, a), (_, b) in zip(held_one, held_two, strict=True):
+        assert b == pytest.approx(a, rel=LOSS_RTOL)
 
     # the same update each step: the adapters end the same
-    w1, w2 = adapter_weights(one, records["one"].job_id), adapter_weights(two, records["two"].job_id)
+    w1, w2 = adapter_weights(one, single_record.job_id), adapter_weights(two, record.job_id)
     assert w1.keys() == w2.keys()
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < WEIGHT_ATOL
     # every rank's tokens were counted: the same tokens as one process
-    assert records["two"].detail["summary"]["tokens"] == records["one"].detail["summary"]["tokens"]
-    assert records["two"].detail["summary"]["processes"] == 2 and records["two"].detail["processes"] == 2
-    plan = next(e.message for e in two.events(records["two"].job_id) if e.message.startswith("Plan"))
-    assert "2 processes" in plan
-    job_created = two.events(records["two"].job_id)[0].message
+    summary = record.detail["summary"]
+    assert summary["tokens"] == single_record.detail["summary"]["tokens"]
+    assert summary["processes"] == 2 and record.detail["processes"] == 2
+    assert summary["parallelism"] == parallelism
+    if parallelism == "fsdp":  # rank 0 held half of each layer's weights, not the whole model
+        assert summary["parameter_share"] < 0.85
+    else:
+        assert summary["parameter_share"] == 1.0
+    plan = next(e.message for e in two.events(record.job_id) if e.message.startswith("Plan"))
+    assert "2 processes" in plan and (("sharded" in plan) == (parallelism == "fsdp"))
+    job_created = two.events(record.job_id)[0].message
     assert "per process" in job_created and "× 2 processes" in job_created
 
 
-@pytest.mark.parametrize("victim", [0, 1])
+@pytest.mark.parametrize(("victim", "parallelism"), [(0, "ddp"), (1, "fsdp")])
 def test_a_killed_rank_fails_the_job_naming_it_and_resume_continues_from_the_checkpoint(model_dir, tmp_path,
-                                                                                         victim):
-    provider = local(tmp_path, "home", processes=2, save_every=3)
+                                                                                         victim, parallelism):
+    provider = local(tmp_path, "home", processes=2, save_every=3, parallelism=parallelism)
     record = submit(provider, model_dir, tmp_path, epochs=25)
     job_dir = provider.home / "jobs" / record.job_id
     try:
@@ -216,6 +246,15 @@ def test_several_machines_need_a_rendezvous_endpoint_said_plainly():
     assert LocalOptions.parse({"nnodes": 2, "rdzv_endpoint": "10.0.0.1:29400"}).nnodes == 2
 
 
+def test_a_sharded_base_is_16_or_32_bit_and_auto_picks_it(tmp_path):
+    with pytest.raises(ConfigError, match="parallelism='fsdp' .* quantization='nf4'"):
+        LocalOptions.parse({"parallelism": "fsdp", "quantization": "nf4"})
+    from tuneproxy.local_backend import models
+
+    assert models.pick_quantization("auto", "cuda", "fsdp") == "none"
+    assert models.pick_quantization("auto", "cuda", "ddp") == "nf4"
+
+
 def test_more_processes_than_gpus_is_refused_naming_both(monkeypatch, tmp_path):
     import torch
 
@@ -257,6 +296,8 @@ def test_processes_on_one_cpu_machine_share_its_memory(model_dir):
     assert two.total == one.total and not two.fits  # the same per process, but two of them
     with pytest.raises(memory.WillNotFit, match="run fewer processes than 2"):
         memory.ensure_fits(two, "none", False)
+    sharded = memory.plan(model, limit_gb=1.5, shards=2, **common)
+    assert sharded.weights == one.weights // 2 and sharded.total < one.total
 
 
 def test_the_estimate_spreads_the_time_over_gpus_but_not_over_one_cpus_processes(tmp_path, monkeypatch):
