@@ -466,7 +466,10 @@ class LocalProvider(Provider):
         devices, wall = parallel_hours(one, processes, nnodes, on_gpu)
         hours = wall * devices
         requirements = memory_requirements(params)
-        if processes > 1:
+        if processes * nnodes > 1 and self.options.parallelism == "fsdp":
+            requirements = (memory_requirements(params, shards=processes * nnodes)
+                            + f"; per process, the base sharded over {processes * nnodes} (fsdp)")
+        elif processes > 1:
             requirements += f"; that much per process, {processes} processes per machine"
         quantities.append(Quantity(kind="gpu_hours", amount=hours, low=hours / TIME_SPREAD,
                                    high=hours * TIME_SPREAD))
@@ -534,14 +537,18 @@ GPU_CLASSES: tuple[tuple[str, float], ...] = (("16 GB (T4)", 16), ("24 GB (L4, A
 ACTIVATIONS_GIB = 1.5  # activations of a short packed row, CUDA context and libraries: a rough allowance
 
 
-def memory_requirements(params: int) -> str:
+def memory_requirements(params: int, shards: int = 1) -> str:
     """Memory a LoRA run of a ``params``-parameter model needs, roughly, and the smallest GPU it fits: 4-bit
-    QLoRA (the default on CUDA) and 16-bit weights. A guess from the size alone; the run's own preflight
-    measures it on the model before training."""
+    QLoRA (the default on CUDA) and 16-bit weights (split over ``shards`` processes under fsdp). A guess from
+    the size alone; the run's own preflight measures it on the model before training."""
     from tuneproxy.local_backend.memory import NF4_BYTES_PER_PARAM, SAFETY
 
+    bf16 = params * 2 / shards / 2**30 + ACTIVATIONS_GIB
+    if shards > 1:  # fsdp shards a 16-bit base; 4-bit is not offered
+        fits = next((name for name, gib in GPU_CLASSES if bf16 <= gib * SAFETY * 0.931), None)
+        where = f"fits a {fits} GPU or larger" if fits else "needs more processes"
+        return f"~{bf16:.1f} GiB per process in 16-bit: {where}"
     nf4 = params * NF4_BYTES_PER_PARAM / 2**30 + ACTIVATIONS_GIB
-    bf16 = params * 2 / 2**30 + ACTIVATIONS_GIB
     fits = next((name for name, gib in GPU_CLASSES if nf4 <= gib * SAFETY * 0.931), None)  # GB → GiB
     where = f"fits a {fits} GPU or larger" if fits else "needs more than one GPU"
     return f"~{nf4:.1f} GiB in 4-bit QLoRA ({bf16:.1f} GiB 16-bit): {where}"

@@ -316,3 +316,9 @@ def test_the_estimate_spreads_the_time_over_gpus_but_not_over_one_cpus_processes
     assert four.wall_time_s == pytest.approx(alone.wall_time_s / 3.6)
     assert four.quantities[0].amount == pytest.approx(alone.quantities[0].amount / 0.9)  # GPU-hours, all 4
     assert "4 processes" in four.basis and "per process" in four.requirements
+    # an 8B base sharded over 4 GPUs in 16-bit: a quarter of its weights each
+    big = job.model_copy(update={"model": "meta-llama/Meta-Llama-3.1-8B-Instruct"})
+    sharded = LocalProvider({"home": tmp_path, "device": "cuda", "processes": 4, "parallelism": "fsdp"}).estimate(
+        stats, big)
+    assert sharded.requirements.startswith("~5.2 GiB per process in 16-bit")
+    assert "sharded over 4" in sharded.requirements
