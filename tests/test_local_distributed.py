@@ -322,3 +322,23 @@ def test_the_estimate_spreads_the_time_over_gpus_but_not_over_one_cpus_processes
         stats, big)
     assert sharded.requirements.startswith("~5.2 GiB per process in 16-bit")
     assert "sharded over 4" in sharded.requirements
+
+
+def test_processes_reach_the_local_estimate_from_a_flag_and_from_the_config_file(tmp_path, capsys, monkeypatch):
+    from tests.cli_helpers import run_cli
+    from tests.fit_helpers import SAMPLE
+
+    monkeypatch.setenv("TUNEPROXY_HOME", str(tmp_path / "tp-home"))
+    # planned against a stated memory, so the check does not depend on this machine's RAM
+    args = ["estimate", str(SAMPLE), "-p", "local", "-m", "smollm2-135m-instruct", "--json",
+            "-o", "memory_limit_gb=100"]
+    code, out, err = run_cli(capsys, *args, "-o", "processes=4")
+    assert code == 0, err
+    assert "4 processes" in json.loads(out)["basis"]
+    config = tmp_path / "tuneproxy.toml"
+    config.write_text('[tune]\nprovider = "local"\n\n[providers.local]\nprocesses = 2\nparallelism = "fsdp"\n')
+    code, out, err = run_cli(capsys, *args, "--config", str(config))
+    assert code == 0, err
+    assert "2 processes" in json.loads(out)["basis"] and "sharded over 2" in json.loads(out)["requirements"]
+    code, _, err = run_cli(capsys, *args, "-o", "nnodes=2")
+    assert code == 2 and "rdzv_endpoint" in err and "Traceback" not in err
