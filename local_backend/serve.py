@@ -112,7 +112,7 @@ class RequestBatcher:
             target, deadline = self.max_batch, loop.time() + self.gather_s
         while len(self._pending) < target and (left := deadline - loop.time()) > 0:
             self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # not the builtin TimeoutError on 3.10
                 await asyncio.wait_for(self._arrived.wait(), left)
 
     async def _generate(self, params: GenerationParams,
@@ -483,10 +483,10 @@ def vllm_command(base: str, location: str, adapters: Mapping[str, Path], *, host
 
 
 def run_forwarding_signals(command: Sequence[str]) -> int:
-    """Run ``command`` and wait for it, passing Ctrl-C and SIGTERM on to it once (it runs in its own process
-    group, so the terminal's Ctrl-C reaches it only through here); its exit code, 128 + N when signal N
+    """Run ``command`` and wait for it, passing Ctrl-C and SIGTERM on to it once (it runs in its own session
+    and process group, so the terminal's Ctrl-C reaches it only through here); its exit code, 128 + N when signal N
     ended it."""
-    child = subprocess.Popen(list(command), process_group=0)
+    child = subprocess.Popen(list(command), start_new_session=True)  # process_group= needs Python 3.11
     previous = {}
     if threading.current_thread() is threading.main_thread():  # only the main thread may handle signals
         for sig in (signal.SIGINT, signal.SIGTERM):
